@@ -1,0 +1,38 @@
+"""The machine's fp32 matmul peak: the yardstick for "share of peak" in the other benchmarks.
+
+python benchmarks/matmul_peak.py [threads]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+
+def matmul_peak_gflops(threads: int, size: int = 1536, reps: int = 5, rounds: int = 3) -> float:
+    """Best fp32 GFLOP/s of a square `size` matmul over a few rounds, with `threads` torch threads.
+
+    The best round, not the mean: the machine is shared, and the peak is what the hardware can
+    do when nobody else is using it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        c = torch.empty(size, size)
+        torch.mm(a, b, out=c)
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+            best = min(best, (time.perf_counter() - t) / reps)
+        return 2 * size**3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+if __name__ == "__main__":
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    print(f"fp32 matmul peak, {threads} threads: {matmul_peak_gflops(threads):.1f} GFLOP/s")

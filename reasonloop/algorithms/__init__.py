@@ -1,0 +1,1 @@
+"""Training algorithms: losses are pure functions of tensors; `train_*` loops feed them."""

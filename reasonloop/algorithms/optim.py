@@ -1,0 +1,51 @@
+"""The optimiser every training phase shares: AdamW with decay on matrices only, linear warmup then
+cosine decay to `min_lr_ratio`, global gradient-norm clipping (all settings from `TrainConfig`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reasonloop.config import TrainConfig
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimiser step `step` (0-based) out of `total`.
+
+    Warmup rises linearly to cfg.lr over the first `warmup_steps` steps (step 0 already moves, at
+    lr / warmup_steps); the cosine then falls from cfg.lr to cfg.lr * min_lr_ratio at the last step.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = total - cfg.warmup_steps - 1
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def adamw(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay applies to matrices (ndim >= 2) only,
+    never to norms' gains or biases."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def clip_and_step(opt: torch.optim.Optimizer, cfg: TrainConfig) -> float:
+    """Clip the global gradient norm to cfg.grad_clip, step, zero the gradients. Returns the
+    norm before clipping."""
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)

@@ -1,0 +1,299 @@
+"""The run config: typed, documented, validated. YAML in, clear errors out.
+
+Every field has a docstring and a default; presets (reasonloop/presets/*.yaml) are partial
+configs merged over these defaults, and users copy them to make their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo in a config must not be silently ignored."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
+
+
+class ModelConfig(Section):
+    """Which model plays the modules, and its shape when it is built from scratch."""
+
+    backend: Literal["tiny", "hf"] = "tiny"
+    """`tiny`: the built-in character-level transformer; `hf`: any transformers causal LM."""
+    dim: int = Field(128, gt=0)
+    """Hidden size (tiny backend)."""
+    n_layers: int = Field(4, gt=0)
+    """Transformer blocks (tiny backend)."""
+    n_heads: int = Field(4, gt=0)
+    """Attention heads; `dim` must be divisible by it (tiny backend)."""
+    ffn_hidden: int = Field(0, ge=0)
+    """SwiGLU hidden size; 0 picks a multiple of 32 near 8/3 * dim (tiny backend)."""
+    max_seq_len: int = Field(256, gt=0)
+    """Longest prompt + completion in tokens (tiny backend)."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """RoPE base; `.inf` turns rotary embeddings off (NoPE), which `transformers` loads too."""
+    path: str | None = None
+    """hf backend: a local model directory (nothing can be downloaded at run time)."""
+    hf_config: dict | None = None
+    """hf backend: build a fresh model from this `transformers` config dict instead of `path`."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads; 0 keeps torch's default (all cores)."""
+
+    @field_validator("rope_theta")
+    @classmethod
+    def _theta(cls, v: float) -> float:
+        if math.isnan(v):
+            raise ValueError("rope_theta must be a positive number or .inf (NoPE)")
+        return v
+
+
+class TrainConfig(Section):
+    """One training phase: AdamW with linear warmup and cosine decay, gradient clipping."""
+
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a share of `lr` (end of the cosine)."""
+    warmup_steps: int = Field(20, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the phase's examples; ignored when `steps` is set."""
+    steps: int | None = Field(None, gt=0)
+    """Optimiser steps for the phase; overrides `epochs`."""
+    batch_size: int = Field(64, gt=0)
+    """Sequences per optimiser step."""
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value."""
+    bucket_by_length: bool = True
+    """Group sequences of similar length into a batch (less padding, faster steps)."""
+
+
+class TasksConfig(Section):
+    """Where tasks come from, what the seed supervises, and the fixed held-out set."""
+
+    family: str = "addition"
+    """A family name (`reasonloop presets` lists them), `gym:<dataset>` or `file:<path>`."""
+    options: dict = Field(default_factory=dict)
+    """Keyword options passed to the family (format switches, number ranges...)."""
+    seed_levels: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels with gold supervision in round 0 (the seed)."""
+    seed_examples: int = Field(4000, ge=0)
+    """Reference traces the seed trains on, spread evenly over `seed_levels`."""
+    heldout_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    """Levels of the held-out set, evaluated every round and never trained on."""
+    heldout_per_level: int = Field(100, gt=0)
+    heldout_seed: int = 12345
+    """Seed of the held-out set, independent of the run seed so runs share one yardstick."""
+
+
+class CreatorConfig(Section):
+    """The Task Creator: proposes each round's tasks and moves the difficulty frontier."""
+
+    per_round: int = Field(1000, gt=0)
+    """Tasks proposed per round."""
+    start_level: int | None = None
+    """First frontier level; default: one above the highest seed level."""
+    levels_ahead: int = Field(1, ge=1)
+    """Tasks are drawn uniformly from `frontier .. frontier + levels_ahead - 1`."""
+    review_share: float = Field(0.0, ge=0, le=1)
+    """Share of tasks drawn from levels below the frontier (rehearsal of mastered levels)."""
+    mastery: float = Field(0.5, ge=0, le=1)
+    """The frontier moves up when the Reasoner's success (kept share) at it reaches this."""
+    step: int = Field(1, ge=0)
+    """Levels the frontier moves when mastered."""
+    max_level: int | None = None
+    """Cap on the frontier; default: the family's hardest level."""
+
+
+class ReasonerConfig(Section):
+    """How the Reasoner samples its solutions during a round."""
+
+    samples: int = Field(4, ge=1)
+    """Solutions sampled per task (k)."""
+    temperature: float = Field(0.7, ge=0)
+    """0 means greedy (then one sample is enough)."""
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(512, gt=0)
+    """Prompts x samples decoded together in one batch."""
+    greedy_sample: bool = True
+    """Make the first of the k samples greedy (Lee et al. label with greedy decoding)."""
+
+
+class EvaluatorConfig(Section):
+    """How solutions are judged during a round."""
+
+    kind: Literal["gold", "consensus"] = "gold"
+    """`gold`: the family's verifier against the gold answer; `consensus`: label-free majority
+    vote over the k samples (the winning answer's vote share is the confidence)."""
+    min_vote_share: float = Field(0.5, ge=0, le=1)
+    """consensus: keep a task's majority answer only when its share of votes reaches this."""
+
+
+class PostProcessConfig(Section):
+    """The Post-Processor: which judged traces become training data."""
+
+    keep: Literal["correct", "first-correct"] = "correct"
+    """`correct`: every distinct trace judged right; `first-correct`: at most one per task."""
+    max_per_task: int = Field(4, ge=1)
+    """Cap on kept traces per task (after dedup)."""
+    dedup: bool = True
+    """Drop traces whose text repeats another kept trace of the same task."""
+    max_chars: int = Field(400, gt=0)
+    """Length sanity: traces longer than this are dropped."""
+    check_steps: bool = True
+    """Drop traces with a step the family can check and finds wrong (when it can check steps)."""
+
+
+class StrategyConfig(Section):
+    """How the Reasoner learns from what the round kept (behaviour cloning)."""
+
+    algorithm: Literal["star", "rft", "rest-em", "easy-to-hard"] = "easy-to-hard"
+    """The method this run implements; the preset of the same name sets the fields below."""
+    rationalize: bool = False
+    """STaR: retry failed tasks with the gold answer as a hint; keep rationales that reach it."""
+    retrain_from_base: bool = False
+    """ReST-EM: each round trains from the seed model rather than continuing."""
+    train_on: Literal["round", "union"] = "round"
+    """`round`: this round's kept data; `union`: everything kept since round 1 (Lee et al.)."""
+    replay_seed: int = Field(0, ge=0)
+    """Seed examples mixed into each round's training set (guards against forgetting)."""
+
+
+class RunConfig(Section):
+    """A whole run: one pattern (which modules evolve) with one strategy."""
+
+    preset: str = ""
+    """Name of the preset this config came from (informational)."""
+    seed: int = 0
+    """Seeds tasks, sampling and training; the same seed gives the same records."""
+    rounds: int = Field(4, ge=0)
+    """Self-improvement rounds after round 0 (the supervised seed)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    seed_train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1500))
+    """Round 0: supervised training on gold reference traces of the seed levels."""
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=300))
+    """Training in each self-improvement round."""
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    creator: CreatorConfig = Field(default_factory=CreatorConfig)
+    reasoner: ReasonerConfig = Field(default_factory=ReasonerConfig)
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    postprocess: PostProcessConfig = Field(default_factory=PostProcessConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    heldout_samples: int = Field(0, ge=0)
+    """Besides greedy pass@1, sample this many per held-out task for maj@k and pass@k (0: off)."""
+
+    @property
+    def uses_gold_after_seed(self) -> bool:
+        return self.evaluator.kind == "gold" or self.strategy.rationalize
+
+
+# --- loading: presets, YAML files, overrides ----------------------------------------------
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "easy-to-hard"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, the field and what is allowed."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of config fields at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(
+                f"  field `{field}`: unknown field (check the spelling; `reasonloop presets --show NAME` prints a full config)"
+            )
+            continue
+        got = e.get("input")
+        got_s = repr(got) if not isinstance(got, dict) else "a mapping"
+        lines.append(f"  field `{field}`: got {got_s}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset (default easy-to-hard, unless a file is given) < config file < overrides."""
+    data: dict[str, Any] = {}
+    sources = []
+    if preset is None and path is None:
+        preset = DEFAULT_PRESET
+    if preset is not None:
+        file = PRESETS_DIR / f"{preset}.yaml"
+        if not file.exists():
+            known = preset_names()
+            close = difflib.get_close_matches(preset, known, n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise ConfigError(f"unknown preset `{preset}`{hint}; known presets: {', '.join(known)}")
+        data = _merge(data, _read_yaml(file))
+        data.setdefault("preset", preset)
+        sources.append(f"preset {preset}")
+    if path is not None:
+        user = _read_yaml(Path(path))
+        if preset is None and "preset" in user:
+            # A user file may start from a preset: `preset: star` then its own changes.
+            base_name = user["preset"]
+            if isinstance(base_name, str) and base_name:
+                data = _merge(load_config(preset=base_name).model_dump(mode="json"), data)
+        data = _merge(data, user)
+        sources.append(str(path))
+    data = _merge(data, overrides or {})
+    return validate(data, " + ".join(sources) or "config")

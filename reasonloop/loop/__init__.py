@@ -1,0 +1,1 @@
+"""The round loop: rounds, strategies, records on disk, checkpoint and resume."""

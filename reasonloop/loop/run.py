@@ -1,0 +1,464 @@
+"""The round loop, thin: it composes the modules and writes what each phase makes.
+
+Each round runs five phases (propose, solve, process, train, eval). A phase writes its files
+atomically, then records itself as done in the manifest. On restart, finished rounds are
+skipped, finished phases are read back from disk, and an unfinished phase is redone from the
+same derived seed, so a resumed run writes the same records as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from reasonloop.algorithms.behaviour_cloning import sft_examples, with_hinted_copies
+from reasonloop.algorithms.sft import train_sft
+from reasonloop.config import RunConfig, validate
+from reasonloop.evaluator.consensus import judge_consensus
+from reasonloop.evaluator.gold import judge_gold
+from reasonloop.loop import faults
+from reasonloop.loop.heldout import evaluate, make_heldout
+from reasonloop.loop.store import (
+    RunDir,
+    atomic_replace_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_records,
+    write_records,
+)
+from reasonloop.models import build_model, load_model
+from reasonloop.models.base import LanguageModel
+from reasonloop.postprocess.filter import process
+from reasonloop.reasoner.solve import reference_traces, solve
+from reasonloop.report.summary import write_summary
+from reasonloop.tasks import creator
+from reasonloop.tasks.base import Family
+from reasonloop.tasks.registry import get_family
+from reasonloop.types import Decision, Judgement, SFTExample, Task, Trace
+
+PHASES = ("propose", "solve", "process", "train", "eval")
+
+
+class RunMismatchError(RuntimeError):
+    """The run directory holds a run made with a different config."""
+
+
+def phase_seed(seed: int, rnd: int, phase: str) -> int:
+    """Each phase draws from its own seed, so redoing one phase replays it exactly."""
+    return (seed * 1_000_003 + rnd * 1009 + PHASES.index(phase) * 17) % (2**31 - 1)
+
+
+@dataclass
+class Round:
+    """What one round has made so far (read back from disk on resume)."""
+
+    r: int
+    tasks: list[Task] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)
+    judgements: list[Judgement] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    examples: list[SFTExample] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Bar:
+    """A progress bar per phase showing items and tokens/s (silent when not a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, desc: str, total: int, unit: str = "it") -> tqdm:
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not self.enabled,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+
+def _check_config(rd: RunDir, cfg: RunConfig) -> None:
+    path = rd.root / "config.yaml"
+    new = cfg.model_dump(mode="json")
+    if path.exists():
+        try:
+            old = validate(yaml.safe_load(path.read_text()) or {}, str(path)).model_dump(
+                mode="json"
+            )
+        except Exception as e:
+            raise RunMismatchError(
+                f"{path}: cannot read the config of the run in this directory ({e})"
+            ) from e
+        # More rounds may be asked of a finished run; anything else would mix two runs.
+        old.pop("rounds"), new.pop("rounds")
+        if old != new:
+            diffs = _diff(old, new)
+            raise RunMismatchError(
+                f"{rd.root} holds a run with a different config ({len(diffs)} fields differ: {'; '.join(diffs[:5])}"
+                f"{'; ...' if len(diffs) > 5 else ''}); "
+                "use another --out, or the same config to resume"
+            )
+    atomic_write_bytes(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"`{prefix[:-1]}`: {a!r} in the run, {b!r} now"]
+
+
+def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) -> dict[str, Any]:
+    """Run (or resume) the loop in `out`; returns the summary (also written to summary.json)."""
+    rd = RunDir(out)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    _check_config(rd, cfg)
+    rd.clear_tmp()
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    family = get_family(cfg.tasks.family, **cfg.tasks.options)
+    heldout_path = rd.root / "heldout.parquet"
+    if heldout_path.exists():
+        heldout = read_records(heldout_path, Task)
+    else:
+        heldout = make_heldout(family, cfg.tasks)
+        write_records(heldout_path, heldout, Task)
+    bar = Bar(show_progress and sys.stderr.isatty())
+    manifest = rd.manifest() or {"rounds": {}}
+    model: LanguageModel | None = None
+    for r in range(cfg.rounds + 1):
+        state = manifest["rounds"].setdefault(str(r), {"phases": {}, "done": False})
+        if state["done"]:
+            model = None  # reloaded from the checkpoint when a later round needs it
+            continue
+        model = _run_round(r, cfg, rd, family, heldout, manifest, model, bar, log)
+    summary = write_summary(rd, cfg, manifest)
+    rd.clear_tmp()
+    return summary
+
+
+def _load_round(rd: RunDir, r: int, state: dict) -> Round:
+    d, rnd = rd.round_dir(r), Round(r)
+    phases = state["phases"]
+    if "propose" in phases:
+        rnd.tasks = read_records(d / "tasks.parquet", Task)
+    if "solve" in phases:
+        rnd.traces = read_records(d / "traces.parquet", Trace)
+        rnd.judgements = read_records(d / "judgements.parquet", Judgement)
+    if "process" in phases:
+        rnd.decisions = read_records(d / "decisions.parquet", Decision)
+        rnd.examples = read_records(d / "sft.parquet", SFTExample)
+    return rnd
+
+
+def _mark(rd: RunDir, manifest: dict, r: int, phase: str, info: dict[str, Any]) -> None:
+    manifest["rounds"][str(r)]["phases"][phase] = info
+    rd.write_manifest(manifest)
+
+
+def _run_round(
+    r: int,
+    cfg: RunConfig,
+    rd: RunDir,
+    family: Family,
+    heldout: list[Task],
+    manifest: dict,
+    model: LanguageModel | None,
+    bar: Bar,
+    log,
+) -> LanguageModel:
+    state = manifest["rounds"][str(r)]
+    phases = state["phases"]
+    rnd = _load_round(rd, r, state)
+    d = rd.round_dir(r)
+    prev = manifest["rounds"].get(str(r - 1), {})
+    label_free = cfg.evaluator.kind == "consensus" and not cfg.strategy.rationalize
+
+    # -- propose ---------------------------------------------------------------------------
+    if "propose" not in phases:
+        t0 = time.perf_counter()
+        rng = random.Random(phase_seed(cfg.seed, r, "propose"))
+        exclude = {t.id for t in heldout}
+        if r == 0:
+            n_levels = len(cfg.tasks.seed_levels)
+            frontier = max(cfg.tasks.seed_levels)
+            tasks: list[Task] = []
+            for i, lv in enumerate(cfg.tasks.seed_levels):
+                n = cfg.tasks.seed_examples // n_levels + (i < cfg.tasks.seed_examples % n_levels)
+                tasks += creator.propose(family, rng, n, [lv], [], cfg.creator, exclude, r)
+            levels = list(cfg.tasks.seed_levels)
+        else:
+            frontier = prev["phases"]["eval"]["next_frontier"]
+            levels = creator.frontier_levels(family, frontier, cfg.creator)
+            below = [lv for lv in family.levels if lv < min(levels)]
+            tasks = creator.propose(
+                family, rng, cfg.creator.per_round, levels, below, cfg.creator, exclude, r
+            )
+        write_records(d / "tasks.parquet", tasks, Task)
+        rnd.tasks = tasks
+        _mark(
+            rd,
+            manifest,
+            r,
+            "propose",
+            {"seconds": time.perf_counter() - t0, "frontier": frontier, "levels": levels},
+        )
+    by_id = {t.id: t for t in rnd.tasks}
+
+    # The model this round starts from; loaded only if a phase still to run needs it.
+    if model is None and not {"solve", "train"} <= phases.keys():
+        model = (
+            build_model(cfg.model, cfg.seed)
+            if r == 0
+            else load_model(cfg.model, rd.checkpoint(r - 1))
+        )
+
+    # -- solve + judge ---------------------------------------------------------------------
+    if "solve" not in phases:
+        t0 = time.perf_counter()
+        gen_tokens = 0
+        if r == 0:
+            traces = reference_traces(family, rnd.tasks, r)
+            judgements = judge_gold(family, by_id, traces, r)
+        else:
+            seed = phase_seed(cfg.seed, r, "solve")
+            with bar(f"round {r} solve", len(rnd.tasks), "task") as pb:
+                traces = solve(
+                    model,
+                    rnd.tasks,
+                    cfg.reasoner,
+                    seed,
+                    f"reasoner:r{r - 1}",
+                    r,
+                    progress=_tick(pb),
+                )
+                gen_tokens += sum(t.n_tokens for t in traces)
+            if cfg.evaluator.kind == "consensus":
+                judgements = judge_consensus(traces, r, cfg.evaluator.min_vote_share)
+            else:
+                judgements = judge_gold(family, by_id, traces, r)
+            if cfg.strategy.rationalize:
+                ok = {j.trace_id for j in judgements if j.verdict}
+                solved = {t.task_id for t in traces if t.id in ok}
+                failed = [t for t in rnd.tasks if t.id not in solved and t.answer is not None]
+                with bar(f"round {r} rationalise", len(failed), "task") as pb:
+                    hinted = solve(
+                        model,
+                        failed,
+                        cfg.reasoner,
+                        seed + 1,
+                        f"reasoner:r{r - 1}",
+                        r,
+                        hint=True,
+                        progress=_tick(pb),
+                    )
+                gen_tokens += sum(t.n_tokens for t in hinted)
+                traces += hinted
+                # Rationales are checked against the gold answer they were shown.
+                judgements += judge_gold(family, by_id, hinted, r)
+        write_records(d / "traces.parquet", traces, Trace)
+        write_records(d / "judgements.parquet", judgements, Judgement)
+        rnd.traces, rnd.judgements = traces, judgements
+        secs = time.perf_counter() - t0
+        _mark(rd, manifest, r, "solve", {"seconds": secs, "tokens": gen_tokens})
+
+    # -- post-process and build the training set ------------------------------------------------
+    if "process" not in phases:
+        t0 = time.perf_counter()
+        decisions = process(by_id, rnd.traces, rnd.judgements, cfg.postprocess, family, r)
+        examples = sft_examples(by_id, rnd.traces, decisions, r)
+        if r == 0 and cfg.strategy.rationalize:
+            examples = with_hinted_copies(examples, by_id, 0.5)
+        write_records(d / "decisions.parquet", decisions, Decision)
+        write_records(d / "sft.parquet", examples, SFTExample)
+        rnd.decisions, rnd.examples = decisions, examples
+        _mark(
+            rd,
+            manifest,
+            r,
+            "process",
+            {"seconds": time.perf_counter() - t0, **_process_stats(rnd, family, by_id)},
+        )
+
+    # -- train -------------------------------------------------------------------------------
+    if "train" not in phases:
+        t0 = time.perf_counter()
+        data = _training_set(rd, cfg, r, rnd)
+        if r > 0 and cfg.strategy.retrain_from_base:
+            model = load_model(cfg.model, rd.checkpoint(0))
+        assert model is not None
+        tcfg = cfg.seed_train if r == 0 else cfg.train
+        total = tcfg.steps or max(1, -(-int(tcfg.epochs * len(data)) // tcfg.batch_size))
+        with bar(f"round {r} train", total, "step") as pb:
+            stats = train_sft(
+                model, data, tcfg, phase_seed(cfg.seed, r, "train"), on_step=_step_tick(pb)
+            )
+        tmp = rd.tmp_dir() / "ckpt"
+        model.save(tmp)
+        atomic_replace_dir(tmp, rd.checkpoint(r))
+        faults.hit("checkpoint")
+        info = {
+            "seconds": time.perf_counter() - t0,
+            "examples": len(data),
+            "steps": stats.get("steps", 0),
+            "tokens": stats.get("tokens", 0),
+            "tokens_per_s": stats.get("tokens_per_s", 0.0),
+            "loss_first": stats.get("loss_first"),
+            "loss_last": stats.get("loss_last"),
+            "losses": [round(x, 5) for x in stats.get("losses", [])],
+        }
+        _mark(rd, manifest, r, "train", info)
+    else:
+        model = load_model(cfg.model, rd.checkpoint(r))
+
+    # -- evaluate on the held-out set ----------------------------------------------------------
+    if "eval" not in phases:
+        t0 = time.perf_counter()
+        metrics = evaluate(
+            model,
+            family,
+            heldout,
+            cfg.reasoner.max_new_tokens,
+            cfg.heldout_samples,
+            phase_seed(cfg.seed, r, "eval"),
+            cfg.reasoner.batch_size,
+        )
+        frontier = phases["propose"]["frontier"]
+        success = phases["process"].get("success_at_frontier", 0.0)
+        if r == 0:
+            nxt = cfg.creator.start_level if cfg.creator.start_level is not None else frontier + 1
+        else:
+            nxt = creator.next_frontier(frontier, success, cfg.creator, family)
+        info = {"seconds": time.perf_counter() - t0, "heldout": metrics, "next_frontier": nxt}
+        atomic_write_json(
+            d / "metrics.json", _round_metrics(cfg, r, phases | {"eval": info}, label_free)
+        )
+        _mark(rd, manifest, r, "eval", info)
+    state["done"] = True
+    rd.write_manifest(manifest)
+    log(_round_line(r, manifest["rounds"][str(r)]["phases"]))
+    return model
+
+
+def _tick(pb: tqdm):
+    start = time.perf_counter()
+    tokens = 0
+
+    def update(items: int, new_tokens: int) -> None:
+        nonlocal tokens
+        faults.hit("solve")
+        tokens += new_tokens
+        pb.update(items)
+        pb.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+
+    return update
+
+
+def _step_tick(pb: tqdm):
+    def update(s: dict) -> None:
+        faults.hit("train")
+        pb.update(1)
+        pb.set_postfix(loss=f"{s.get('loss', 0):.3f}", tok_s=f"{s.get('tokens_per_s', 0):,.0f}")
+
+    return update
+
+
+def _process_stats(rnd: Round, family: Family, by_id: dict[str, Task]) -> dict[str, Any]:
+    kept = {d.trace_id for d in rnd.decisions if d.kept}
+    kept_tasks = {t.task_id for t in rnd.traces if t.id in kept}
+    kept_traces = [t for t in rnd.traces if t.id in kept]
+    levels = Counter(t.difficulty for t in rnd.tasks)
+    top = max(levels) if levels else 0
+    at_top = [t for t in rnd.tasks if t.difficulty == top]
+    # Gold answers are read here only to *measure* how pure the kept labels are.
+    right = [
+        family.verify(by_id[t.task_id], t.answer) == 1.0
+        for t in kept_traces
+        if by_id[t.task_id].answer is not None
+    ]
+    return {
+        "tasks": len(rnd.tasks),
+        "traces": len(rnd.traces),
+        "kept": len(kept),
+        "tasks_kept": len(kept_tasks),
+        "dropped": dict(Counter(d.reason for d in rnd.decisions if not d.kept)),
+        "success_at_frontier": (sum(t.id in kept_tasks for t in at_top) / len(at_top))
+        if at_top
+        else 0.0,
+        "label_accuracy": (sum(right) / len(right)) if right else None,
+        "examples": len(rnd.examples),
+    }
+
+
+def _training_set(rd: RunDir, cfg: RunConfig, r: int, rnd: Round) -> list[SFTExample]:
+    if r == 0:
+        return rnd.examples
+    data: list[SFTExample] = []
+    if cfg.strategy.train_on == "union":
+        for q in range(1, r):
+            data += read_records(rd.round_dir(q) / "sft.parquet", SFTExample)
+    data += rnd.examples
+    if cfg.strategy.replay_seed:
+        seed = read_records(rd.round_dir(0) / "sft.parquet", SFTExample)
+        rng = random.Random(phase_seed(cfg.seed, r, "train"))
+        data += rng.sample(seed, min(cfg.strategy.replay_seed, len(seed)))
+    return data
+
+
+def _round_metrics(
+    cfg: RunConfig, r: int, phases: dict[str, dict], label_free: bool
+) -> dict[str, Any]:
+    solve_s = phases["solve"]["seconds"]
+    gen_tokens = phases["solve"].get("tokens", 0) + phases["eval"]["heldout"].get("tokens", 0)
+    gen_seconds = solve_s + phases["eval"]["seconds"]
+    seconds = {p: round(phases[p]["seconds"], 3) for p in PHASES}
+    seconds["total"] = round(sum(seconds.values()), 3)
+    return {
+        "round": r,
+        "heldout": {k: v for k, v in phases["eval"]["heldout"].items() if k != "tokens"},
+        "seconds": seconds,
+        "tokens_per_s": {
+            "generation": gen_tokens / gen_seconds if gen_seconds > 0 and gen_tokens else 0.0,
+            "training": phases["train"].get("tokens_per_s", 0.0),
+        },
+        "frontier": phases["propose"]["frontier"],
+        "levels": phases["propose"]["levels"],
+        "next_frontier": phases["eval"]["next_frontier"],
+        "data": {
+            k: phases["process"][k]
+            for k in (
+                "tasks",
+                "traces",
+                "kept",
+                "tasks_kept",
+                "dropped",
+                "label_accuracy",
+                "examples",
+            )
+        },
+        "train": {
+            k: phases["train"][k]
+            for k in ("examples", "steps", "tokens", "loss_first", "loss_last")
+        },
+        "gold_labels_in_training": r == 0 or not label_free,
+    }
+
+
+def _round_line(r: int, phases: dict[str, dict]) -> str:
+    h = phases["eval"]["heldout"]
+    by = " ".join(f"L{k}:{v:.0%}" for k, v in h["by_level"].items())
+    secs = sum(p["seconds"] for p in phases.values())
+    return f"round {r}: held-out pass@1 {h['pass@1']:.1%} ({by}) kept {phases['process']['kept']}/{phases['process']['traces']} [{secs:.0f}s]"

@@ -1,0 +1,85 @@
+"""The one interface every algorithm sees: tokenise, generate, log-probs, forward, save, load.
+
+A backend (tiny, hf, ...) implements `LanguageModel`. Algorithms never reach into a model's
+internals: training code uses `forward` (logits for a padded batch) and `module.parameters()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode. temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    top_p: float = 1.0
+    """1.0 disables nucleus sampling."""
+    max_new_tokens: int = 64
+    stop_at_newline: bool = True
+    """Stop a sequence at the first newline (the compact formats end a completion with one)."""
+    seed: int | None = None
+    """Seed of the sampler's generator; the same seed gives the same samples."""
+
+
+@dataclass
+class Completion:
+    """One generated continuation of a prompt."""
+
+    text: str
+    """Decoded text, without the stop token."""
+    n_tokens: int
+    logprob: float = 0.0
+    """Sum of the sampled tokens' log-probabilities under the sampling distribution's model."""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What the loop needs from a model, on any backend."""
+
+    tokenizer: Tokenizer
+    module: torch.nn.Module
+    """The trainable parameters live here (optimisers take `module.parameters()`)."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, V] for a right-padded batch of token ids [B, T] (training mode aware)."""
+        ...
+
+    def generate(
+        self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()
+    ) -> list[list[Completion]]:
+        """n completions for each prompt, batched."""
+        ...
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[torch.Tensor]:
+        """Per-token log-probabilities of each completion given its prompt (no grad)."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights (safetensors) and config to a directory."""
+        ...
+
+    def copy(self) -> LanguageModel:
+        """An independent copy (for a frozen reference or a retrain-from-base)."""
+        ...

@@ -1,0 +1,717 @@
+"""The tiny backend: a Llama-shaped character transformer in plain PyTorch, with a fast sampler.
+
+The network is the Llama architecture (RMSNorm, rotary embeddings, SwiGLU, no biases, untied
+embeddings) so that `export_hf` maps it onto `transformers.LlamaForCausalLM` weight for weight;
+q/k/v and gate/up are fused into one matrix each (4 matmuls a layer instead of 7 per decode
+step). `rope_theta = inf` means no positional encoding at all (NoPE).
+
+Generation decodes every prompt x sample in one batch: prompts are left-padded, each row carries
+its own positions, each prompt is prefilled once for its n samples, the KV cache is allocated
+once and written in place, sampling runs on tensors, and every few steps the rows that have
+stopped are dropped from the batch (or the loop ends when none is left).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reasonloop.config import ModelConfig
+from reasonloop.models.base import Completion, Sampling
+from reasonloop.models.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    N_USED,
+    NEWLINE_ID,
+    PAD_ID,
+    VOCAB_SIZE,
+    CharTokenizer,
+)
+
+RMS_EPS = 1e-5
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "reasonloop-tiny"
+STOP_CHECK_EVERY = 8
+"""Decode steps between "have all rows stopped?" checks (each one is a host sync)."""
+COMPACT_BELOW = 0.75
+"""At a check, drop finished rows from the batch once no more than this share is still going."""
+MAX_BATCH_ROWS = 512
+"""Rows (prompts x samples) decoded together, at most."""
+KV_CACHE_BYTES = 512 * 2**20
+"""Fewer rows a batch when their KV cache would exceed this."""
+LOGPROB_BATCH_TOKENS = 32768
+"""Padded tokens per forward in `logprobs`."""
+DEFAULT_SAMPLING = Sampling()
+
+
+def ffn_size(cfg: ModelConfig) -> int:
+    """SwiGLU hidden size: `cfg.ffn_hidden`, or the multiple of 32 nearest 8/3 * dim when it is 0."""
+    if cfg.ffn_hidden:
+        return cfg.ffn_hidden
+    return 32 * max(1, round(8 * cfg.dim / 3 / 32))
+
+
+def rope_tables(head_dim: int, theta: float, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin tables [length, head_dim] for the rotate-half convention of Llama.
+
+    Llama rotates `x * cos + rotate_half(x) * sin` with rotate_half(x) = (-x2, x1); folding the
+    sign into sin turns that into `x * cos + swap_halves(x) * sin_signed`, one op fewer.
+    The frequencies are computed exactly as `transformers` does, so exported logits match.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = torch.arange(length, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+
+
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((x[..., half:], x[..., :half]), -1)
+
+
+ATTENTION_CHUNK = 32
+"""Cache slots per elementwise product in `decode_attention` (bounds its temporary)."""
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Single-query attention for N = batch x heads independent rows.
+
+    q [N, hd]; k, v [T, N, hd] (a contiguous prefix of a time-major cache); bias [T, N].
+    Returns [N, hd]. With one query per row, batched matmuls (and SDPA) spend their time on
+    thousands of 1 x hd x T products; a broadcast multiply and a sum over the cache stream it
+    at memory speed instead, about 2x faster here at hd 32..64.
+    """
+    T, scale = k.shape[0], q.shape[-1] ** -0.5
+    if T <= ATTENTION_CHUNK:
+        p = torch.add(bias, (k * q).sum(-1), alpha=scale).softmax(0)
+        return (v * p[:, :, None]).sum(0)
+    scores = torch.cat(
+        [(k[i : i + ATTENTION_CHUNK] * q).sum(-1) for i in range(0, T, ATTENTION_CHUNK)]
+    )
+    p = torch.add(bias, scores, alpha=scale).softmax(0)[:, :, None]
+    out = (v[:ATTENTION_CHUNK] * p[:ATTENTION_CHUNK]).sum(0)
+    for i in range(ATTENTION_CHUNK, T, ATTENTION_CHUNK):
+        out += (v[i : i + ATTENTION_CHUNK] * p[i : i + ATTENTION_CHUNK]).sum(0)
+    return out
+
+
+class Block(nn.Module):
+    """Pre-norm attention + SwiGLU block.
+
+    `forward` runs whole sequences (training, prefill); `step` decodes one token per row against
+    a time-major KV cache [L, B, H, hd], written in place at slot t.
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.attn_norm = nn.Parameter(torch.ones(dim))
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.ffn_norm = nn.Parameter(torch.ones(dim))
+        self.w_gate_up = nn.Linear(dim, 2 * ffn, bias=False)
+        self.w_down = nn.Linear(ffn, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D]; mask None means causal. A cache [L, B, H, hd] receives this sequence's
+        keys and values at positions 0..T-1 (prefill)."""
+        B, T, D = x.shape
+        h = F.rms_norm(x, (D,), self.attn_norm, RMS_EPS)
+        qkv = self.wqkv(h).view(B, T, 3, self.n_heads, self.head_dim)
+        if rope is None:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        else:
+            cos, sin = rope
+            qk = qkv[:, :, :2]
+            q, k = torch.addcmul(qk * cos, swap_halves(qk), sin).unbind(2)
+        v = qkv[:, :, 2]
+        if cache is not None:
+            cache[0][:T] = k.transpose(0, 1)
+            cache[1][:T] = v.transpose(0, 1)
+        a = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+        )
+        x = x + self.wo(a.transpose(1, 2).reshape(B, T, D))
+        return self._ffn(x)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        t: int,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decode step. x [B, D] is the token at cache slot t; bias [>t, B*H] is 0 for keys
+        to attend to and -inf for padding."""
+        B, D = x.shape
+        H, hd = self.n_heads, self.head_dim
+        qkv = self.wqkv(F.rms_norm(x, (D,), self.attn_norm, RMS_EPS)).view(B, 3, H, hd)
+        qk = qkv[:, :2]
+        if rope is not None:
+            qk = torch.addcmul(qk * rope[0], swap_halves(qk), rope[1])
+        k_cache, v_cache = cache
+        k_cache[t] = qk[:, 1]
+        v_cache[t] = qkv[:, 2]
+        a = decode_attention(
+            qk[:, 0].reshape(B * H, hd),
+            k_cache[: t + 1].view(t + 1, B * H, hd),
+            v_cache[: t + 1].view(t + 1, B * H, hd),
+            bias[: t + 1],
+        )
+        return self._ffn(x + self.wo(a.view(B, D)))
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.rms_norm(x, (x.shape[-1],), self.ffn_norm, RMS_EPS)
+        gate, up = self.w_gate_up(h).chunk(2, -1)
+        return x + self.w_down(F.silu(gate) * up)
+
+
+class TinyTransformer(nn.Module):
+    """The network. Parameters: embed, layers.*, norm, lm_head (rope tables are not saved)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
+            raise ValueError(
+                f"model.dim ({cfg.dim}) must be divisible by model.n_heads ({cfg.n_heads}) "
+                "into an even head size"
+            )
+        self.dim, self.max_seq_len = cfg.dim, cfg.max_seq_len
+        self.embed = nn.Embedding(VOCAB_SIZE, cfg.dim)
+        ffn = ffn_size(cfg)
+        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, ffn) for _ in range(cfg.n_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.dim))
+        self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
+        self.nope = math.isinf(cfg.rope_theta)
+        if not self.nope:
+            cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.max_seq_len)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_weights(self) -> None:
+        """GPT-2 style: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
+        std = 0.02
+        nn.init.normal_(self.embed.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for layer in self.layers:
+            nn.init.normal_(layer.wqkv.weight, std=std)
+            nn.init.normal_(layer.w_gate_up.weight, std=std)
+            nn.init.normal_(layer.wo.weight, std=std / math.sqrt(2 * len(self.layers)))
+            nn.init.normal_(layer.w_down.weight, std=std / math.sqrt(2 * len(self.layers)))
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, V] for the last position only) of whole sequences.
+
+        positions [B, T] default to 0..T-1; mask None means causal; caches, if given, are
+        filled with the keys and values of positions 0..T-1 (prefill)."""
+        x = self.embed(ids)
+        rope = None
+        if not self.nope:
+            T = ids.shape[1]
+            if positions is None:
+                cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            else:
+                cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+            rope = cos[..., None, None, :], sin[..., None, None, :]  # over [B, T, 2, H, hd]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, None if caches is None else caches[i])
+        if last_only:
+            x = x[:, -1]
+        return self.lm_head(F.rms_norm(x, (self.dim,), self.norm, RMS_EPS))
+
+    def step(
+        self,
+        tok: torch.Tensor,
+        positions: torch.Tensor,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        t: int,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits [B, V] after feeding token tok [B] at rope positions [B] and cache slot t."""
+        x = self.embed(tok)
+        rope = None
+        if not self.nope:
+            rope = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = layer.step(x, rope, cache, t, bias)
+        return self.lm_head(F.rms_norm(x, (self.dim,), self.norm, RMS_EPS))
+
+
+def _padding_mask(key_ok: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask [B, 1, T, T]: causal, only real keys, and every query sees itself
+    (so a padding query has one key, never an all-masked row whose softmax would be NaN)."""
+    T = key_ok.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=key_ok.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=key_ok.device)
+    return ((causal & key_ok[:, None, :]) | eye)[:, None]
+
+
+def _atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling directory with `write`, then rename it to `path`, so a reader (or
+    a crash) never sees a half-written checkpoint; an existing `path` is replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _config_to_json(cfg: ModelConfig) -> dict:
+    d = cfg.model_dump()
+    if math.isinf(d["rope_theta"]):
+        d["rope_theta"] = "inf"  # strict JSON has no infinity; pydantic parses the string back
+    return d
+
+
+class TinyModel:
+    """The tiny backend behind `models.base.LanguageModel`."""
+
+    def __init__(self, config: ModelConfig, module: TinyTransformer) -> None:
+        self.config = config
+        self.module = module
+        self.tokenizer = CharTokenizer()
+
+    # ----------------------------------------------------------------- building, saving, loading
+
+    @staticmethod
+    def _check_config(cfg: ModelConfig) -> None:
+        if cfg.backend != "tiny":
+            raise ValueError(f"model.backend is {cfg.backend!r}; TinyModel needs 'tiny'")
+        if cfg.dtype != "float32":
+            raise ValueError(f"model.dtype is {cfg.dtype!r}; the tiny backend runs in float32 only")
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, seed: int) -> TinyModel:
+        """A freshly initialised model; the same (cfg, seed) gives the same weights."""
+        cls._check_config(cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = TinyTransformer(cfg)
+            module.init_weights()
+        return cls(cfg, module.to(cfg.device))
+
+    def save(self, path: str | Path) -> None:
+        """Write model.safetensors and config.json into directory `path` (atomically)."""
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.module.state_dict().items()}
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "vocab_size": VOCAB_SIZE,
+            "model": _config_to_json(self.config),
+        }
+
+        def write(tmp: Path) -> None:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+        _atomic_write_dir(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TinyModel:
+        """Load a directory written by `save`. Errors name the path and what is wrong."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"tiny model directory {path} does not exist")
+        cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for f in (cfg_file, weights_file):
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f} is missing: not a tiny model directory written by save()"
+                )
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+            raise ValueError(
+                f"{cfg_file}: expected a JSON object with format {FORMAT!r} and a 'model' section"
+            )
+        if meta.get("vocab_size") != VOCAB_SIZE:
+            raise ValueError(f"{cfg_file}: vocab_size {meta.get('vocab_size')} != {VOCAB_SIZE}")
+        try:
+            cfg = ModelConfig.model_validate(meta["model"])
+            cls._check_config(cfg)
+            module = TinyTransformer(cfg)
+        except (ValidationError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: invalid model config: {e}") from e
+        try:
+            state = load_file(str(weights_file))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{weights_file} is not a readable safetensors file: {e}") from e
+        expected = module.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_file} does not match {cfg_file}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for k, v in expected.items():
+            if state[k].shape != v.shape:
+                raise ValueError(
+                    f"{weights_file}: tensor {k} has shape {tuple(state[k].shape)}, "
+                    f"config {cfg_file} expects {tuple(v.shape)}"
+                )
+        module.load_state_dict({k: v.float() for k, v in state.items()})
+        return cls(cfg, module.to(cfg.device))
+
+    def copy(self) -> TinyModel:
+        """An independent deep copy (weights, config)."""
+        return TinyModel(self.config.model_copy(), copy.deepcopy(self.module))
+
+    def export_hf(self, path: str | Path) -> None:
+        """Write a `transformers.LlamaForCausalLM` directory with the same logits."""
+        from reasonloop.models.export import export_hf
+
+        export_hf(self, path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.embed.weight.device
+
+    # ---------------------------------------------------------------------------- forward
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, V]. A right-padded mask (or none) takes the causal fast path; any other
+        mask (left padding) gives each row positions counted over its real tokens."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {input_ids.shape[1]} tokens exceeds model.max_seq_len {self.config.max_seq_len}"
+            )
+        if attention_mask is None:
+            return self.module(input_ids)
+        m = attention_mask.bool()
+        if bool((m[:, 1:] <= m[:, :-1]).all()):
+            return self.module(input_ids)  # right padding: causal attention never sees the pads
+        positions = (m.long().cumsum(-1) - 1).clamp(min=0)
+        return self.module(input_ids, positions, _padding_mask(m))
+
+    # -------------------------------------------------------------------------- log-probs
+
+    def _encode_prompt(self, prompt: str, i: int) -> list[int]:
+        try:
+            return [BOS_ID, *self.tokenizer.encode(prompt)]
+        except ValueError as e:
+            raise ValueError(f"prompt {i}: {e}") from None
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[torch.Tensor]:
+        """Log-probability of each completion token given its prompt: one float32 CPU tensor each.
+
+        The completion is scored exactly as given; append the stop character ("\\n") to score
+        the terminator too (that is what `Completion.logprob` sums). No gradient."""
+        # Cloned outside inference mode: inference tensors could not enter a later autograd
+        # graph (a DPO or KL loss that uses these as constants).
+        return [t.clone() for t in self._logprobs(prompts, completions)]
+
+    @torch.inference_mode()
+    def _logprobs(self, prompts: list[str], completions: list[str]) -> list[torch.Tensor]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        seqs = []
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            pid = self._encode_prompt(p, i)
+            try:
+                cid = self.tokenizer.encode(c)
+            except ValueError as e:
+                raise ValueError(f"completion {i}: {e}") from None
+            if len(pid) + len(cid) - 1 > self.config.max_seq_len:
+                raise ValueError(
+                    f"prompt {i} + completion is {len(pid) + len(cid)} tokens; model.max_seq_len is "
+                    f"{self.config.max_seq_len}"
+                )
+            seqs.append((pid, cid))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]) + len(seqs[j][1]))
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            start = 0
+            while start < len(order):
+                T = len(seqs[order[start]][0]) + len(seqs[order[start]][1]) - 1
+                end = start + 1
+                while end < len(order):  # sorted ascending: the last row sets the padded width
+                    Tn = len(seqs[order[end]][0]) + len(seqs[order[end]][1]) - 1
+                    if Tn * (end - start + 1) > LOGPROB_BATCH_TOKENS:
+                        break
+                    T, end = Tn, end + 1
+                rows = order[start:end]
+                T = max(T, 1)
+                ids = torch.full((len(rows), T + 1), PAD_ID, dtype=torch.long)
+                for r, j in enumerate(rows):
+                    full = seqs[j][0] + seqs[j][1]
+                    ids[r, : len(full)] = torch.tensor(full)
+                ids = ids.to(self.device)
+                logp = torch.log_softmax(self.module(ids[:, :-1]).float(), -1)
+                logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+                for r, j in enumerate(rows):
+                    p_len, c_len = len(seqs[j][0]), len(seqs[j][1])
+                    out[j] = logp[r, p_len - 1 : p_len - 1 + c_len]
+                start = end
+        finally:
+            self.module.train(was_training)
+        return out
+
+    # ---------------------------------------------------------------------------- generation
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: list[str], n: int = 1, sampling: Sampling = DEFAULT_SAMPLING
+    ) -> list[list[Completion]]:
+        """n completions per prompt, all decoded in batches of up to MAX_BATCH_ROWS rows.
+
+        A completion ends at eos, at "\\n" when `sampling.stop_at_newline`, after
+        `max_new_tokens`, or when prompt + completion reach `max_seq_len`. `Completion.text`
+        excludes the stop character; `n_tokens` and `logprob` include it (logprob is the model's
+        own log-probability, temperature 1, whatever the sampling settings)."""
+        _check_sampling(sampling, n)
+        encoded = [self._encode_prompt(p, i) for i, p in enumerate(prompts)]
+        for i, e in enumerate(encoded):
+            if len(e) >= self.config.max_seq_len:
+                raise ValueError(
+                    f"prompt {i} is {len(e)} tokens with bos; model.max_seq_len {self.config.max_seq_len} "
+                    "leaves no room for a completion"
+                )
+        results: list[list[Completion]] = [[] for _ in prompts]
+        if not prompts:
+            return results
+        generator = torch.Generator(device=self.device)
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
+        # Similar lengths together: less padding, and each batch stops as soon as its rows do.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        row_bytes = (
+            8
+            * self.config.n_layers
+            * self.config.dim
+            * (len(encoded[order[-1]]) + sampling.max_new_tokens)
+        )
+        per_batch = max(1, min(MAX_BATCH_ROWS, KV_CACHE_BYTES // row_bytes) // n)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            for b in range(0, len(order), per_batch):
+                idx = order[b : b + per_batch]
+                comps = self._decode([encoded[i] for i in idx], n, sampling, generator)
+                for k, i in enumerate(idx):
+                    results[i] = comps[k * n : (k + 1) * n]
+        finally:
+            self.module.train(was_training)
+        return results
+
+    def _decode(
+        self, encoded: list[list[int]], n: int, sampling: Sampling, generator: torch.Generator
+    ) -> list[Completion]:
+        """Completions for rows prompt-major (prompt 0's n samples first)."""
+        dev, module, cfg = self.device, self.module, self.config
+        lens = [len(e) for e in encoded]
+        budgets = [min(sampling.max_new_tokens, cfg.max_seq_len - L) for L in lens]
+        steps = max(budgets)
+        if steps <= 0:
+            return [Completion("", 0, 0.0) for _ in range(len(encoded) * n)]
+        B0, B, P = len(encoded), len(encoded) * n, max(lens)
+        ids = torch.full((B0, P), PAD_ID, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, P - len(e) :] = torch.tensor(e)
+        ids = ids.to(dev)
+        H, hd = cfg.n_heads, cfg.dim // cfg.n_heads
+        L = P + steps - 1  # the last sampled token is never fed back
+        caches = [
+            (torch.empty(L, B, H, hd, device=dev), torch.empty(L, B, H, hd, device=dev))
+            for _ in module.layers
+        ]
+        lens_t = torch.tensor(lens, device=dev)
+        key_ok = torch.arange(P, device=dev)[None, :] >= (P - lens_t)[:, None]  # [B0, P]
+        positions, prefill_mask = None, None
+        if min(lens) != P:
+            positions = (torch.arange(P, device=dev)[None, :] - (P - lens_t)[:, None]).clamp(min=0)
+            prefill_mask = _padding_mask(key_ok)
+
+        # Prefill each distinct prompt once, then fan its cache out to its n samples.
+        if n == 1:
+            logits = module(ids, positions, prefill_mask, caches, last_only=True)
+        else:
+            small = [
+                (torch.empty(P, B0, H, hd, device=dev), torch.empty(P, B0, H, hd, device=dev))
+                for _ in module.layers
+            ]
+            logits = module(ids, positions, prefill_mask, small, last_only=True)
+            for big, sm in zip(caches, small, strict=True):
+                for c, c_small in zip(big, sm, strict=True):
+                    c.view(L, B0, n, H, hd)[:P] = c_small[:, :, None]
+            logits = logits.repeat_interleave(n, 0)
+
+        # Additive attention bias [slot, row x head]: -inf on the left padding, 0 elsewhere.
+        bias = torch.zeros(L, B, device=dev)
+        bias[:P].masked_fill_(~key_ok.repeat_interleave(n, 0).T, -math.inf)
+        bias = bias.repeat_interleave(H, 1)
+        next_pos = lens_t.repeat_interleave(n, 0)  # rope position of the token sampled at step 0
+        budget_t = torch.tensor(budgets, device=dev).repeat_interleave(n, 0)
+        stop_ids = [EOS_ID, NEWLINE_ID] if sampling.stop_at_newline else [EOS_ID]
+        stop_t = torch.tensor(stop_ids, device=dev)
+        # Never sample pad, bos or the unused ids.
+        allowed = torch.zeros(VOCAB_SIZE, device=dev)
+        allowed[[PAD_ID, BOS_ID]] = -math.inf
+        allowed[N_USED:] = -math.inf
+        tokens = torch.full((B, steps), PAD_ID, dtype=torch.long, device=dev)
+        logps = torch.zeros(B, steps, device=dev)
+        finished = torch.zeros(B, dtype=torch.bool, device=dev)
+        rows = None  # after a compaction: the original row of each row still decoding
+        max_pos = cfg.max_seq_len - 1
+        run = 0
+        for s in range(steps):
+            tok, lp = _pick(logits, allowed, sampling, generator)
+            if rows is None:
+                tokens[:, s], logps[:, s] = tok, lp
+            else:
+                tokens[rows, s], logps[rows, s] = tok, lp
+            run = s + 1
+            if run == steps:
+                break
+            finished |= torch.isin(tok, stop_t) | (budget_t <= run)
+            if run % STOP_CHECK_EVERY == 0:
+                alive = (~finished).nonzero().squeeze(1)
+                if len(alive) == 0:
+                    break
+                if len(alive) <= COMPACT_BELOW * len(finished) and steps - run > STOP_CHECK_EVERY:
+                    # Drop finished rows: later steps cost in proportion to the rows left.
+                    caches = [_keep_rows(k, v, alive, P + s) for k, v in caches]
+                    b_now = len(finished)
+                    bias = bias.view(L, b_now, H)[:, alive].reshape(L, len(alive) * H)
+                    rows = alive if rows is None else rows[alive]
+                    tok, next_pos, budget_t = tok[alive], next_pos[alive], budget_t[alive]
+                    finished = finished[alive]
+            # Rows past their budget keep decoding garbage (discarded); clamp keeps rope in range.
+            logits = module.step(tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias)
+        return _completions(
+            tokens[:, :run].tolist(), logps[:, :run].tolist(), budgets, n, stop_ids, self.tokenizer
+        )
+
+
+def _keep_rows(
+    k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, filled: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New [L, len(keep), H, hd] caches holding the first `filled` slots of rows `keep`."""
+    out = []
+    for c in (k, v):
+        new = torch.empty(c.shape[0], len(keep), *c.shape[2:], dtype=c.dtype, device=c.device)
+        new[:filled] = c[:filled, keep]
+        out.append(new)
+    return out[0], out[1]
+
+
+def _pick(
+    logits: torch.Tensor, allowed: torch.Tensor, sampling: Sampling, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token [B] and its log-probability under the model (temperature 1) [B]."""
+    logits = logits.float()
+    z = logits + allowed
+    if sampling.temperature == 0:
+        tok = z.argmax(-1)
+    else:
+        z = z / sampling.temperature
+        if 0 < sampling.top_k < z.shape[-1]:
+            kth = z.topk(sampling.top_k, -1).values[:, -1:]
+            z = z.masked_fill(z < kth, -math.inf)
+        if sampling.top_p < 1.0:
+            sorted_z, idx = z.sort(-1, descending=True)
+            p = sorted_z.softmax(-1)
+            # Drop a token when the mass before it already reaches top_p (the best always stays).
+            drop = (p.cumsum(-1) - p) >= sampling.top_p
+            z = z.scatter(-1, idx, sorted_z.masked_fill(drop, -math.inf))
+        tok = _sample(z.softmax(-1), generator)
+    lp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(1)
+    return tok, lp
+
+
+def _sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row by inverting the CDF: B uniforms instead of multinomial's B x V
+    exponentials. `right=True` never lands on a zero-probability token; the rare draw that
+    rounding pushes past the last token falls back to the row's most likely one."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+    bad = probs.gather(-1, tok) == 0
+    return torch.where(bad, probs.argmax(-1, keepdim=True), tok).squeeze(1)
+
+
+def _completions(
+    tokens: list[list[int]],
+    logps: list[list[float]],
+    budgets: list[int],
+    n: int,
+    stop_ids: list[int],
+    tokenizer: CharTokenizer,
+) -> list[Completion]:
+    out = []
+    for r, (row, lps) in enumerate(zip(tokens, logps, strict=True)):
+        limit = min(budgets[r // n], len(row))
+        end, count = limit, limit
+        for t in range(limit):
+            if row[t] in stop_ids:
+                end, count = t, t + 1
+                break
+        out.append(Completion(tokenizer.decode(row[:end]), count, float(sum(lps[:count]))))
+    return out
+
+
+def _check_sampling(sampling: Sampling, n: int) -> None:
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if not sampling.temperature >= 0:
+        raise ValueError(f"sampling.temperature must be >= 0, got {sampling.temperature}")
+    if sampling.top_k < 0:
+        raise ValueError(f"sampling.top_k must be >= 0 (0 = off), got {sampling.top_k}")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.max_new_tokens < 0:
+        raise ValueError(f"sampling.max_new_tokens must be >= 0, got {sampling.max_new_tokens}")

@@ -1,0 +1,1 @@
+"""The Post-Processor: filter, deduplicate and sanity-check judged traces."""

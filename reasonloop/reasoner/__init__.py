@@ -1,0 +1,1 @@
+"""The Reasoner: prompting formats, step parsing, sampling and search."""

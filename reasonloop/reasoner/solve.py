@@ -1,0 +1,117 @@
+"""The Reasoner's sampling: k step-by-step solutions per task, batched, as Trace records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from reasonloop.config import ReasonerConfig
+from reasonloop.models.base import Completion, LanguageModel, Sampling
+from reasonloop.reasoner.format import parse, render
+from reasonloop.reasoner.hint import hinted
+from reasonloop.tasks.base import Family
+from reasonloop.types import Task, Trace, stable_id
+
+Progress = Callable[[int, int], None]
+"""Called with (prompts done, tokens generated) after each batch."""
+
+
+def _generate(
+    model: LanguageModel,
+    prompts: list[str],
+    n: int,
+    sampling: Sampling,
+    batch_size: int,
+    progress: Progress | None,
+) -> list[list[Completion]]:
+    out: list[list[Completion]] = []
+    per_call = max(1, batch_size // max(n, 1))
+    for i in range(0, len(prompts), per_call):
+        chunk = prompts[i : i + per_call]
+        # A distinct, reproducible seed per chunk: resuming re-creates the same samples.
+        seed = None if sampling.seed is None else sampling.seed * 1_000_003 + i
+        res = model.generate(chunk, n=n, sampling=replace(sampling, seed=seed))
+        out.extend(res)
+        if progress:
+            progress(len(chunk), sum(c.n_tokens for cs in res for c in cs))
+    return out
+
+
+def solve(
+    model: LanguageModel,
+    tasks: list[Task],
+    cfg: ReasonerConfig,
+    seed: int,
+    producer: str,
+    rnd: int,
+    hint: bool = False,
+    progress: Progress | None = None,
+) -> list[Trace]:
+    """k traces per task; the first is greedy when `cfg.greedy_sample` (or temperature is 0)."""
+    prompts = [hinted(t.prompt, t.answer or "") if hint else t.prompt for t in tasks]
+    greedy = Sampling(temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
+    sampled = Sampling(
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed + 1,
+    )
+    if cfg.temperature == 0:
+        groups = [(greedy, 1)]
+    elif cfg.greedy_sample:
+        groups = [(greedy, 1), (sampled, cfg.samples - 1)]
+    else:
+        groups = [(sampled, cfg.samples)]
+    per_task: list[list[tuple[Completion, Sampling]]] = [[] for _ in tasks]
+    for sampling, n in groups:
+        if n <= 0:
+            continue
+        for i, comps in enumerate(_generate(model, prompts, n, sampling, cfg.batch_size, progress)):
+            per_task[i].extend((c, sampling) for c in comps)
+    traces = []
+    for task, comps in zip(tasks, per_task, strict=True):
+        for j, (c, s) in enumerate(comps):
+            steps, answer = parse(c.text)
+            decoding = {
+                "temperature": s.temperature,
+                "top_k": s.top_k,
+                "top_p": s.top_p,
+                "sample": j,
+            }
+            if hint:
+                decoding["hint"] = True
+            traces.append(
+                Trace(
+                    id=stable_id(task.id, producer, rnd, j, hint),
+                    task_id=task.id,
+                    text=c.text,
+                    steps=steps,
+                    answer=answer,
+                    producer=producer,
+                    decoding=decoding,
+                    round=rnd,
+                    n_tokens=c.n_tokens,
+                )
+            )
+    return traces
+
+
+def reference_traces(family: Family, tasks: list[Task], rnd: int) -> list[Trace]:
+    """Gold step-by-step traces from the family's reference solver (the supervised seed)."""
+    out = []
+    for t in tasks:
+        steps, answer = family.reference(t)
+        out.append(
+            Trace(
+                id=stable_id(t.id, "reference"),
+                task_id=t.id,
+                text=render(steps, answer),
+                steps=steps,
+                answer=answer,
+                producer="reference",
+                decoding={},
+                round=rnd,
+            )
+        )
+    return out

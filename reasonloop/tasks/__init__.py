@@ -1,0 +1,1 @@
+"""Task sources: compact procedural families, reasoning-gym, files."""

@@ -1,0 +1,51 @@
+"""What a task family is: a generator with difficulty levels, a reference solver and a verifier."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from reasonloop.types import Task, stable_id
+
+
+class Family(ABC):
+    """A procedural task family.
+
+    `make` draws a task at a difficulty level; `reference` gives the step-by-step gold trace
+    (steps and final answer) in the family's compact format; `verify` scores an answer in [0, 1]
+    (1.0 means exactly right; filters on a model's own answers require exactly 1.0).
+    """
+
+    name: ClassVar[str]
+    levels: ClassVar[tuple[int, ...]]
+    """Difficulty levels this family can generate, easiest first."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def make(self, rng: random.Random, level: int) -> Task:
+        """A fresh task at `level` with its gold answer."""
+
+    @abstractmethod
+    def reference(self, task: Task) -> tuple[list[str], str]:
+        """The gold step-by-step solution: (steps, final answer)."""
+
+    def verify(self, task: Task, answer: str | None) -> float:
+        """1.0 if `answer` is the gold answer, else 0.0. Families override for looser checks."""
+        if answer is None or task.answer is None:
+            return 0.0
+        return 1.0 if answer.strip() == task.answer.strip() else 0.0
+
+    def task(self, prompt: str, answer: str, level: int, params: dict[str, Any]) -> Task:
+        """Build a Task with a content id, so the same task has the same id everywhere."""
+        return Task(
+            id=stable_id(self.name, prompt),
+            family=self.name,
+            prompt=prompt,
+            answer=answer,
+            difficulty=level,
+            params=params,
+            made_by=f"{self.name}@generator",
+        )
