@@ -2,9 +2,11 @@
 
     python benchmarks/generation.py [--threads 2] [--batch 256] [--new-tokens 64] [--reps 3]
 
-Both decode `batch` prompts of mixed lengths (left-padded) for exactly `new_tokens` tokens: the
-eos, pad, bos and unused rows of the output matrix are zeroed, so their logit is 0 while some
-real character's is positive, and neither side ever stops early (HF also gets min_new_tokens).
+Both decode `batch` prompts of mixed lengths (left-padded). "Full length" rows do exactly the
+same work on both sides: every row runs `new_tokens` steps (HF gets min_new_tokens; ours keeps
+finished rows in the batch). "Stop at eos or \\n" is the loop's real case: rows stop, HF keeps
+computing finished rows until the last one stops, ours drops them; it counts the tokens each
+row generated up to its stop (random weights: about 2% of samples are a stop character).
 Greedy and sampled (temperature 1) are timed; each number is the best of `reps` runs, ours and
 HF interleaved after a warm-up, because the machine is shared and noise only makes runs slower.
 """
@@ -25,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matmul_peak import matmul_peak_gflops  # noqa: E402
 
 from reasonloop.config import ModelConfig  # noqa: E402
+from reasonloop.models import tiny  # noqa: E402
 from reasonloop.models.base import Sampling  # noqa: E402
-from reasonloop.models.tiny import TinyModel  # noqa: E402
-from reasonloop.models.tokenizer import BOS_ID, EOS_ID, N_USED, PAD_ID  # noqa: E402
+from reasonloop.models.tiny import COMPACT_BELOW, TinyModel  # noqa: E402
+from reasonloop.models.tokenizer import BOS_ID, EOS_ID, N_USED, NEWLINE_ID, PAD_ID  # noqa: E402
 
 
 def make_prompts(batch: int, seed: int = 0) -> list[str]:
@@ -56,7 +59,7 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
     from transformers import LlamaForCausalLM
 
     model = TinyModel.create(cfg, seed=0)
-    with torch.no_grad():
+    with torch.no_grad():  # logit 0: never the argmax, as some real character's is positive
         never = [PAD_ID, BOS_ID, EOS_ID, *range(N_USED, model.tokenizer.vocab_size)]
         model.module.lm_head.weight[never] = 0.0
     with tempfile.TemporaryDirectory() as d:
@@ -74,26 +77,46 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
         ids[i, P - len(e) :] = torch.tensor(e)
         mask[i, P - len(e) :] = 1
 
-    def ours(temperature: float):
+    def ours(temperature: float, stop_at_newline: bool = False, compact: bool = False):
         s = Sampling(
-            temperature=temperature, max_new_tokens=new_tokens, stop_at_newline=False, seed=1
+            temperature, max_new_tokens=new_tokens, stop_at_newline=stop_at_newline, seed=1
         )
-        return lambda: model.generate(prompts, 1, s)
 
-    def theirs(sample: bool):
+        def run():
+            # Full-length rows: keep every row in the batch, as HF does with min_new_tokens,
+            # so that both sides do exactly the same work.
+            tiny.COMPACT_BELOW = COMPACT_BELOW if compact else 0.0
+            try:
+                return model.generate(prompts, 1, s)
+            finally:
+                tiny.COMPACT_BELOW = COMPACT_BELOW
+
+        return run
+
+    def theirs(sample: bool, stop: bool = False):
         kw = (
             {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
             if sample
             else {"do_sample": False}
         )
+        if stop:
+            kw["eos_token_id"] = [EOS_ID, NEWLINE_ID]
+        else:
+            kw["min_new_tokens"] = new_tokens
         return lambda: hf.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            pad_token_id=PAD_ID,
-            **kw,
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=PAD_ID, **kw
         )
+
+    def hf_tokens(out: torch.Tensor) -> int:
+        """Generated tokens up to and including each row's first stop."""
+        gen = out[:, P:]
+        stops = (gen == EOS_ID) | (gen == NEWLINE_ID)
+        first = torch.where(
+            stops.any(1),
+            stops.int().argmax(1) + 1,
+            torch.full_like(stops[:, 0], gen.shape[1], dtype=torch.long),
+        )
+        return int(first.sum())
 
     n_params = sum(p.numel() for p in model.module.parameters()) - model.module.embed.weight.numel()
     avg_ctx = sum(map(len, encoded)) / batch + new_tokens / 2
@@ -104,25 +127,29 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
         f"(+ embedding); batch {batch}, prompts {min(map(len, encoded))}..{P} tokens, {new_tokens} new tokens"
     )
     print(
-        f"{'decoding':<10}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}{'ours %peak':>12}{'HF %peak':>10}"
+        f"{'decoding':<28}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}{'ours %peak':>12}{'HF %peak':>10}"
     )
     with torch.inference_mode():
         for name, a, b in (
-            ("greedy", ours(0.0), theirs(False)),
-            ("sampled", ours(1.0), theirs(True)),
+            ("greedy, full length", ours(0.0), theirs(False)),
+            ("sampled, full length", ours(1.0), theirs(True)),
+            ("sampled, stop at eos or \\n", ours(1.0, True, True), theirs(True, True)),
         ):
             (t_ours, out_ours), (t_hf, out_hf) = best_times([a, b], reps)
-            assert max(c[0].n_tokens for c in out_ours) == new_tokens
-            assert out_hf.shape[1] == P + new_tokens
-            tokens = batch * new_tokens
-            print(
-                f"{name:<10}{tokens / t_ours:>12.0f}{tokens / t_hf:>12.0f}{t_hf / t_ours:>7.2f}x"
-                f"{100 * flops / t_ours / 1e9 / peak:>11.1f}%{100 * flops / t_hf / 1e9 / peak:>9.1f}%"
-            )
-            if name == "greedy":
+            if "full" in name:
+                assert max(c[0].n_tokens for c in out_ours) == new_tokens
+                assert out_hf.shape[1] == P + new_tokens
+                n_ours = n_hf = batch * new_tokens
+                share = f"{100 * flops / t_ours / 1e9 / peak:>11.1f}%{100 * flops / t_hf / 1e9 / peak:>9.1f}%"
+            else:  # useful tokens: each row up to its stop
+                n_ours, n_hf = sum(c[0].n_tokens for c in out_ours), hf_tokens(out_hf)
+                share = f"{'-':>12}{'-':>10}"
+            ratio = (n_ours / t_ours) / (n_hf / t_hf)
+            print(f"{name:<28}{n_ours / t_ours:>12.0f}{n_hf / t_hf:>12.0f}{ratio:>7.2f}x{share}")
+            if name.startswith("greedy"):
                 hf_text = [model.tokenizer.decode(row[P:].tolist()) for row in out_hf]
                 same = sum(c[0].text == t for c, t in zip(out_ours, hf_text, strict=True))
-                print(f"{'':<10}greedy outputs identical to HF: {same}/{batch}")
+                print(f"{'':<28}greedy outputs identical to HF: {same}/{batch}")
 
 
 def main() -> None:

@@ -38,14 +38,14 @@ def test_reference_verifies_and_is_the_sum(options: dict) -> None:
 
 
 def test_padded_reversed_example() -> None:
-    family = AdditionFamily()
+    family = AdditionFamily(reverse_operands=False)
     task = family.from_operands(58, 123, 3)
     assert task.prompt == "058+123=" and task.answer == "1810"
     assert family.answer(181, 3) == "1810"
     assert AdditionFamily(pad=False).answer(181, 3) == "181"
     assert AdditionFamily(reverse=False).answer(181, 3) == "0181"
-    assert AdditionFamily(reverse_operands=True).prompt(58, 123, 3) == "850+321="
-    steps, answer = AdditionFamily(steps=True).reference(task)
+    assert AdditionFamily().prompt(58, 123, 3) == "850+321="
+    steps, answer = AdditionFamily(steps=True, reverse_operands=False).reference(task)
     assert steps == ["8+3+0=11", "5+2+1=8", "0+1+0=1"] and answer == "1810"
 
 

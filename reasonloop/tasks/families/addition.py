@@ -5,13 +5,17 @@ whether a small transformer can learn the task and stretch it to longer numbers:
 
 - `reverse` (default True): the sum is written least significant digit first, so every answer
   digit depends only on the operand digits and the carry already written (`58+123` -> `181`).
-- `reverse_operands` (default False): the operands are written least significant digit first
+- `reverse_operands` (default True): the operands are written least significant digit first
   too, so answer digit i sits at the same offset as operand digits i (`850+321=1810`).
 - `pad` (default True): operands are zero-padded to n digits and the answer to n+1 digits, so
-  every task of a level has the same shape (`058+123=1810`).
+  every task of a level has the same shape (`058+123=1810` with operands in reading order).
 - `steps` (default False): the completion first lists one step per column, least significant
   first, `x+y+c=t` (digits x and y, incoming carry c, column total t), then `#` and the answer,
   in the shared compact format of `reasonloop.reasoner.format`.
+
+The defaults are the format measured best for the tiny model (docs/easy-to-hard.md): with the
+operands reversed too, a 0.8M-parameter model trained 2500 steps on 1-3 digits got 100% of
+3-digit sums right, against 10% with the operands in reading order.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class AdditionFamily(Family):
         reverse: bool = True,
         pad: bool = True,
         steps: bool = False,
-        reverse_operands: bool = False,
+        reverse_operands: bool = True,
     ) -> None:
         options = dict(reverse=reverse, pad=pad, steps=steps, reverse_operands=reverse_operands)
         for key, value in options.items():
