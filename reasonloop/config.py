@@ -89,7 +89,8 @@ class TasksConfig(Section):
     seed_levels: list[int] = Field(default_factory=lambda: [1, 2, 3])
     """Difficulty levels with gold supervision in round 0 (the seed)."""
     seed_examples: int = Field(4000, ge=0)
-    """Reference traces the seed trains on, spread evenly over `seed_levels`."""
+    """Reference traces the seed trains on, spread evenly over `seed_levels`. A level with
+    fewer distinct tasks (1-digit addition has 100) repeats them so every level weighs the same."""
     heldout_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     """Levels of the held-out set, evaluated every round and never trained on."""
     heldout_per_level: int = Field(100, gt=0)

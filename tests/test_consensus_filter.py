@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from reasonloop.config import CreatorConfig, PostProcessConfig
 from reasonloop.evaluator.consensus import judge_consensus, majority_vote
@@ -100,3 +101,28 @@ def test_creator_frontier_and_exclusion():
     assert creator.next_frontier(2, 0.49, cfg, fam) == 2
     assert creator.next_frontier(2, 0.5, cfg, fam) == 3
     assert creator.next_frontier(3, 0.9, cfg, fam) == 3  # capped at the family's hardest level
+
+
+def test_balance_levels_repeats_small_levels():
+    from reasonloop.algorithms.behaviour_cloning import balance_levels
+    from reasonloop.types import SFTExample
+
+    tasks = {f"a{i}": Task(f"a{i}", "f", f"{i}=", str(i), 1) for i in range(3)}
+    tasks |= {f"b{i}": Task(f"b{i}", "f", f"1{i}=", str(i), 2) for i in range(10)}
+    exs = [SFTExample(t.prompt, t.answer, task_id=t.id) for t in tasks.values()]
+    out = balance_levels(exs, tasks, per_level=8)
+    levels = Counter(tasks[e.task_id].difficulty for e in out)
+    assert levels == {1: 8, 2: 10}  # level 2 already has more than 8: left alone
+    assert Counter(e.task_id for e in out if tasks[e.task_id].difficulty == 1) == {"a0": 3, "a1": 3, "a2": 2}
+
+
+def test_heldout_leaves_small_levels_partly_to_training():
+    from reasonloop.config import TasksConfig
+    from reasonloop.loop.heldout import make_heldout
+
+    held = make_heldout(Digits(), TasksConfig(heldout_levels=[1, 2], heldout_per_level=10))
+    by_level = Counter(t.difficulty for t in held)
+    assert by_level[2] == 10  # 90 distinct 2-digit tasks: plenty
+    assert by_level[1] == 4  # only 9 distinct 1-digit tasks: half are held out, half trainable
+    assert all(t.split == "heldout" for t in held)
+    assert held == make_heldout(Digits(), TasksConfig(heldout_levels=[1, 2], heldout_per_level=10))

@@ -35,3 +35,18 @@ def with_hinted_copies(
                 )
             )
     return out
+
+
+def balance_levels(
+    examples: list[SFTExample], tasks: dict[str, Task], per_level: int
+) -> list[SFTExample]:
+    """Repeat the examples of levels that hold fewer than `per_level`, cyclically, so a level
+    with few distinct tasks is not drowned by the others in the seed."""
+    by_level: dict[int, list[SFTExample]] = {}
+    for ex in examples:
+        by_level.setdefault(tasks[ex.task_id].difficulty, []).append(ex)
+    out = []
+    for group in by_level.values():
+        out += group
+        out += [group[i % len(group)] for i in range(max(0, per_level - len(group)))]
+    return out

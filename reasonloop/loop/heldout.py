@@ -13,24 +13,26 @@ from dataclasses import replace
 from reasonloop.config import TasksConfig
 from reasonloop.evaluator.consensus import majority_vote
 from reasonloop.models.base import LanguageModel, Sampling
-from reasonloop.reasoner.format import parse
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
 
 def make_heldout(family: Family, cfg: TasksConfig) -> list[Task]:
+    """`heldout_per_level` distinct tasks per level, drawn with the held-out seed.
+
+    A level with few distinct tasks (1-digit addition has 100) would otherwise be held out
+    whole and never trained on: when 4x as many draws as wanted find fewer than twice the
+    wanted number of distinct tasks, only half of what was found is held out."""
     rng = random.Random(cfg.heldout_seed)
     out: dict[str, Task] = {}
     for level in cfg.heldout_levels:
-        have = 0
-        for _ in range(cfg.heldout_per_level * 20):
-            if have == cfg.heldout_per_level:
-                break
+        seen: dict[str, Task] = {}
+        for _ in range(cfg.heldout_per_level * 4):
             t = family.make(rng, level)
-            if t.id in out:
-                continue
-            out[t.id] = replace(t, split="heldout")
-            have += 1
+            seen.setdefault(t.id, t)
+        want = cfg.heldout_per_level if len(seen) >= 2 * cfg.heldout_per_level else len(seen) // 2
+        for t in list(seen.values())[:want]:
+            out.setdefault(t.id, replace(t, split="heldout"))
     return list(out.values())
 
 
@@ -64,7 +66,7 @@ def evaluate(
             chunk, model.generate([t.prompt for t in chunk], 1, greedy), strict=True
         ):
             tokens += comps[0].n_tokens
-            p1[t.difficulty].append(family.verify(t, parse(comps[0].text)[1]) == 1.0)
+            p1[t.difficulty].append(family.verify(t, family.parse(comps[0].text)[1]) == 1.0)
     if samples > 0:
         for i in range(0, len(tasks), per_call):
             chunk = tasks[i : i + per_call]
@@ -73,7 +75,7 @@ def evaluate(
                 chunk, model.generate([t.prompt for t in chunk], samples, s), strict=True
             ):
                 tokens += sum(c.n_tokens for c in comps)
-                answers = [parse(c.text)[1] for c in comps]
+                answers = [family.parse(c.text)[1] for c in comps]
                 oks = [family.verify(t, a) == 1.0 for a in answers]
                 winner, _ = majority_vote(answers)
                 majk[t.difficulty].append(family.verify(t, winner) == 1.0)

@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from reasonloop.algorithms.behaviour_cloning import sft_examples, with_hinted_copies
+from reasonloop.algorithms.behaviour_cloning import balance_levels, sft_examples, with_hinted_copies
 from reasonloop.algorithms.sft import train_sft
 from reasonloop.config import RunConfig, validate
 from reasonloop.evaluator.consensus import judge_consensus
@@ -238,6 +238,7 @@ def _run_round(
             with bar(f"round {r} solve", len(rnd.tasks), "task") as pb:
                 traces = solve(
                     model,
+                    family,
                     rnd.tasks,
                     cfg.reasoner,
                     seed,
@@ -257,6 +258,7 @@ def _run_round(
                 with bar(f"round {r} rationalise", len(failed), "task") as pb:
                     hinted = solve(
                         model,
+                        family,
                         failed,
                         cfg.reasoner,
                         seed + 1,
@@ -280,8 +282,11 @@ def _run_round(
         t0 = time.perf_counter()
         decisions = process(by_id, rnd.traces, rnd.judgements, cfg.postprocess, family, r)
         examples = sft_examples(by_id, rnd.traces, decisions, r)
-        if r == 0 and cfg.strategy.rationalize:
-            examples = with_hinted_copies(examples, by_id, 0.5)
+        if r == 0:
+            per_level = cfg.tasks.seed_examples // max(1, len(cfg.tasks.seed_levels))
+            examples = balance_levels(examples, by_id, per_level)
+            if cfg.strategy.rationalize:
+                examples = with_hinted_copies(examples, by_id, 0.5)
         write_records(d / "decisions.parquet", decisions, Decision)
         write_records(d / "sft.parquet", examples, SFTExample)
         rnd.decisions, rnd.examples = decisions, examples

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 from reasonloop.config import ReasonerConfig
 from reasonloop.models.base import Completion, LanguageModel, Sampling
-from reasonloop.reasoner.format import parse, render
 from reasonloop.reasoner.hint import hinted
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task, Trace, stable_id
@@ -39,6 +38,7 @@ def _generate(
 
 def solve(
     model: LanguageModel,
+    family: Family,
     tasks: list[Task],
     cfg: ReasonerConfig,
     seed: int,
@@ -50,6 +50,7 @@ def solve(
     """k traces per task; the first is greedy when `cfg.greedy_sample` (or temperature is 0)."""
     prompts = [hinted(t.prompt, t.answer or "") if hint else t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
+    per_task: list[list[tuple[Completion, dict]]] = [[] for _ in tasks]
     sampled = Sampling(
         temperature=cfg.temperature,
         top_k=cfg.top_k,
@@ -63,22 +64,21 @@ def solve(
         groups = [(greedy, 1), (sampled, cfg.samples - 1)]
     else:
         groups = [(sampled, cfg.samples)]
-    per_task: list[list[tuple[Completion, Sampling]]] = [[] for _ in tasks]
     for sampling, n in groups:
         if n <= 0:
             continue
+        how = {
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "top_p": sampling.top_p,
+        }
         for i, comps in enumerate(_generate(model, prompts, n, sampling, cfg.batch_size, progress)):
-            per_task[i].extend((c, sampling) for c in comps)
+            per_task[i].extend((c, how) for c in comps)
     traces = []
     for task, comps in zip(tasks, per_task, strict=True):
-        for j, (c, s) in enumerate(comps):
-            steps, answer = parse(c.text)
-            decoding = {
-                "temperature": s.temperature,
-                "top_k": s.top_k,
-                "top_p": s.top_p,
-                "sample": j,
-            }
+        for j, (c, how) in enumerate(comps):
+            steps, answer = family.parse(c.text)
+            decoding = {**how, "sample": j}
             if hint:
                 decoding["hint"] = True
             traces.append(
@@ -106,7 +106,7 @@ def reference_traces(family: Family, tasks: list[Task], rnd: int) -> list[Trace]
             Trace(
                 id=stable_id(t.id, "reference"),
                 task_id=t.id,
-                text=render(steps, answer),
+                text=family.render(steps, answer),
                 steps=steps,
                 answer=answer,
                 producer="reference",

@@ -6,6 +6,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from reasonloop.reasoner import format as step_format
 from reasonloop.types import Task, stable_id
 
 
@@ -37,6 +38,15 @@ class Family(ABC):
         if answer is None or task.answer is None:
             return 0.0
         return 1.0 if answer.strip() == task.answer.strip() else 0.0
+
+    def parse(self, text: str) -> tuple[list[str], str | None]:
+        """(steps, final answer) of a completion. The shared compact format by default; a family
+        whose answer is read off its steps overrides this (and `render`)."""
+        return step_format.parse(text)
+
+    def render(self, steps: list[str], answer: str) -> str:
+        """The completion text of a solution (inverse of `parse`)."""
+        return step_format.render(steps, answer)
 
     def task(self, prompt: str, answer: str, level: int, params: dict[str, Any]) -> Task:
         """Build a Task with a content id, so the same task has the same id everywhere."""
