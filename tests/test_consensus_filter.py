@@ -113,7 +113,11 @@ def test_balance_levels_repeats_small_levels():
     out = balance_levels(exs, tasks, per_level=8)
     levels = Counter(tasks[e.task_id].difficulty for e in out)
     assert levels == {1: 8, 2: 10}  # level 2 already has more than 8: left alone
-    assert Counter(e.task_id for e in out if tasks[e.task_id].difficulty == 1) == {"a0": 3, "a1": 3, "a2": 2}
+    assert Counter(e.task_id for e in out if tasks[e.task_id].difficulty == 1) == {
+        "a0": 3,
+        "a1": 3,
+        "a2": 2,
+    }
 
 
 def test_heldout_leaves_small_levels_partly_to_training():

@@ -29,7 +29,12 @@ def test_rft_round_on_hf_backend(tmp_path):
             },
             "seed_train": {"steps": 150, "batch_size": 32, "lr": 0.003},
             "train": {"steps": 5, "batch_size": 16},
-            "tasks": {"seed_levels": [1], "seed_examples": 100, "heldout_levels": [1, 2], "heldout_per_level": 10},
+            "tasks": {
+                "seed_levels": [1],
+                "seed_examples": 100,
+                "heldout_levels": [1, 2],
+                "heldout_per_level": 10,
+            },
             "creator": {"per_round": 16},
             "reasoner": {"samples": 2, "batch_size": 32},
         },

@@ -140,7 +140,10 @@ def test_different_config_in_same_dir_is_refused(tmp_path, reference):
         timeout=300,
     )
     assert p.returncode == 2
-    assert "different config" in p.stderr and "`evaluator.kind`: 'consensus' in the run, 'gold' now" in p.stderr
+    assert (
+        "different config" in p.stderr
+        and "`evaluator.kind`: 'consensus' in the run, 'gold' now" in p.stderr
+    )
 
 
 def test_summary_and_plot_are_written(reference):
