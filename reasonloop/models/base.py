@@ -83,3 +83,26 @@ class LanguageModel(Protocol):
     def copy(self) -> LanguageModel:
         """An independent copy (for a frozen reference or a retrain-from-base)."""
         ...
+
+
+def check_sampling(sampling: Sampling, n: int) -> None:
+    """Reject sampling settings no backend can honour, naming the field."""
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if not sampling.temperature >= 0:
+        raise ValueError(f"sampling.temperature must be >= 0, got {sampling.temperature}")
+    if sampling.top_k < 0:
+        raise ValueError(f"sampling.top_k must be >= 0 (0 = off), got {sampling.top_k}")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.max_new_tokens < 0:
+        raise ValueError(f"sampling.max_new_tokens must be >= 0, got {sampling.max_new_tokens}")
+
+
+def check_room(encoded: list[list[int]], limit: int, what: str) -> None:
+    """Every encoded prompt must leave at least one position for its completion."""
+    for i, e in enumerate(encoded):
+        if len(e) >= limit:
+            raise ValueError(
+                f"prompt {i} is {len(e)} tokens with bos; {what} {limit} leaves no room for a completion"
+            )

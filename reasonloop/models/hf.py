@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from reasonloop.config import ModelConfig
-from reasonloop.models.base import Completion, Sampling
-from reasonloop.models.tiny import _atomic_write_dir, _check_sampling
+from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
+from reasonloop.models.tiny import _atomic_write_dir
 from reasonloop.models.tokenizer import N_USED, NEWLINE_ID, CharTokenizer
 
 MAX_BATCH_ROWS = 256
@@ -252,15 +252,11 @@ class HFModel:
         `max_new_tokens`, or at the model's `max_position_embeddings`. `Completion.text` ends
         before the stop (a token like ".\\n" keeps its "."); `n_tokens` and `logprob` include the
         stop token. The same `sampling.seed` gives the same completions."""
-        _check_sampling(sampling, n)
+        check_sampling(sampling, n)
         encoded = [self.encode_prompt(p) for p in prompts]
         limit = getattr(self.module.config, "max_position_embeddings", None)
-        for i, e in enumerate(encoded):
-            if limit is not None and len(e) >= limit:
-                raise ValueError(
-                    f"prompt {i} is {len(e)} tokens with bos; max_position_embeddings {limit} "
-                    "leaves no room for a completion"
-                )
+        if limit is not None:
+            check_room(encoded, limit, "max_position_embeddings")
         results: list[list[Completion]] = [[] for _ in prompts]
         if not prompts:
             return results

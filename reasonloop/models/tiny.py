@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reasonloop.config import ModelConfig
-from reasonloop.models.base import Completion, Sampling
+from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
 from reasonloop.models.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -511,14 +511,9 @@ class TinyModel:
         `max_new_tokens`, or when prompt + completion reach `max_seq_len`. `Completion.text`
         excludes the stop character; `n_tokens` and `logprob` include it (logprob is the model's
         own log-probability, temperature 1, whatever the sampling settings)."""
-        _check_sampling(sampling, n)
+        check_sampling(sampling, n)
         encoded = [self._encode_prompt(p, i) for i, p in enumerate(prompts)]
-        for i, e in enumerate(encoded):
-            if len(e) >= self.config.max_seq_len:
-                raise ValueError(
-                    f"prompt {i} is {len(e)} tokens with bos; model.max_seq_len {self.config.max_seq_len} "
-                    "leaves no room for a completion"
-                )
+        check_room(encoded, self.config.max_seq_len, "model.max_seq_len")
         results: list[list[Completion]] = [[] for _ in prompts]
         if not prompts:
             return results
@@ -702,16 +697,3 @@ def _completions(
                 break
         out.append(Completion(tokenizer.decode(row[:end]), count, float(sum(lps[:count]))))
     return out
-
-
-def _check_sampling(sampling: Sampling, n: int) -> None:
-    if n < 1:
-        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
-    if not sampling.temperature >= 0:
-        raise ValueError(f"sampling.temperature must be >= 0, got {sampling.temperature}")
-    if sampling.top_k < 0:
-        raise ValueError(f"sampling.top_k must be >= 0 (0 = off), got {sampling.top_k}")
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
-    if sampling.max_new_tokens < 0:
-        raise ValueError(f"sampling.max_new_tokens must be >= 0, got {sampling.max_new_tokens}")
