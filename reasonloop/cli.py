@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"reasonloop: {cfg.preset or 'custom'} run, {cfg.rounds} rounds after the seed, writing to {out}",
         flush=True,
     )
-    summary = run(cfg, out, show_progress=not args.quiet)
+    summary = run(cfg, out, show_progress=not args.quiet, log=lambda line: print(line, flush=True))
     print()
     print(table(summary))
     ch = summary.get("heldout_change", {})
