@@ -179,3 +179,32 @@ def test_eval_command_reads_the_run(reference):
     got = json.loads(p.stdout)
     want = json.loads((reference / "rounds/r001/metrics.json").read_text())["heldout"]
     assert got["by_level"] == want["by_level"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "rounds/r001/traces.parquet",
+        "rounds/r000/sft.parquet",
+        "rounds/r002/metrics.json",
+        "heldout.parquet",
+        "checkpoints/r001",
+    ],
+)
+def test_damaged_file_is_rebuilt_from_last_good_state(tmp_path, reference, damage):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    target = out / damage
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])  # a truncated file
+    p = _run(out)
+    assert p.returncode == 0, p.stderr
+    name = damage.split("/")[-1]
+    assert name in p.stdout and ("redoing" in p.stdout or "writing it again" in p.stdout)
+    assert _records(out) == _records(reference)
+    assert _metrics(out) == _metrics(reference)

@@ -8,6 +8,7 @@ same derived seed, so a resumed run writes the same records as one never interru
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -28,6 +29,7 @@ from reasonloop.evaluator.gold import judge_gold
 from reasonloop.loop import faults
 from reasonloop.loop.heldout import evaluate, make_heldout
 from reasonloop.loop.store import (
+    CorruptRunError,
     RunDir,
     atomic_replace_dir,
     atomic_write_bytes,
@@ -131,13 +133,18 @@ def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) 
         torch.set_num_threads(cfg.model.threads)
     family = get_family(cfg.tasks.family, **cfg.tasks.options)
     heldout_path = rd.root / "heldout.parquet"
-    if heldout_path.exists():
-        heldout = read_records(heldout_path, Task)
-    else:
-        heldout = make_heldout(family, cfg.tasks)
+    heldout = make_heldout(family, cfg.tasks)
+    try:
+        # The held-out set is a pure function of the config; a damaged copy is simply re-made.
+        if read_records(heldout_path, Task) != heldout:
+            raise CorruptRunError(f"{heldout_path}: differs from the tasks its config makes")
+    except (CorruptRunError, FileNotFoundError) as e:
+        if heldout_path.exists():
+            log(f"{e}; writing it again")
         write_records(heldout_path, heldout, Task)
     bar = Bar(show_progress and sys.stderr.isatty())
     manifest = rd.manifest() or {"rounds": {}}
+    _check_files(rd, manifest, log)
     model: LanguageModel | None = None
     for r in range(cfg.rounds + 1):
         state = manifest["rounds"].setdefault(str(r), {"phases": {}, "done": False})
@@ -150,17 +157,59 @@ def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) 
     return summary
 
 
+PHASE_FILES = {
+    "propose": (("tasks.parquet", Task),),
+    "solve": (("traces.parquet", Trace), ("judgements.parquet", Judgement)),
+    "process": (("decisions.parquet", Decision), ("sft.parquet", SFTExample)),
+}
+
+
+def _check_files(rd: RunDir, manifest: dict, log) -> None:
+    """Read back every finished phase's files. The first one missing or damaged (a disk fault, a
+    file edited by hand) sends the run back to the last good state: that phase and everything
+    after it, in its round and in later rounds, is redone; the message says which file."""
+    rounds = manifest.get("rounds", {})
+    for key in sorted(rounds, key=int):
+        r, phases = int(key), rounds[key]["phases"]
+        for i, phase in enumerate(PHASES):
+            if phase not in phases:
+                continue
+            try:
+                for name, cls in PHASE_FILES.get(phase, ()):
+                    read_records(rd.round_dir(r) / name, cls)
+                if phase == "train" and not (rd.checkpoint(r) / "config.json").exists():
+                    raise CorruptRunError(f"{rd.checkpoint(r)}: checkpoint missing")
+                if phase == "eval":
+                    path = rd.round_dir(r) / "metrics.json"
+                    try:
+                        json.loads(path.read_text())
+                    except (OSError, ValueError) as err:
+                        raise CorruptRunError(f"{path}: unreadable ({err})") from err
+            except (CorruptRunError, FileNotFoundError) as e:
+                log(f"round {r}: {e}; redoing from its {phase} phase (last good state)")
+                for later in PHASES[i:]:
+                    phases.pop(later, None)
+                rounds[key]["done"] = False
+                for k in list(rounds):
+                    if int(k) > r:
+                        del rounds[k]
+                rd.write_manifest(manifest)
+                return
+
+
 def _load_round(rd: RunDir, r: int, state: dict) -> Round:
-    d, rnd = rd.round_dir(r), Round(r)
-    phases = state["phases"]
-    if "propose" in phases:
-        rnd.tasks = read_records(d / "tasks.parquet", Task)
-    if "solve" in phases:
-        rnd.traces = read_records(d / "traces.parquet", Trace)
-        rnd.judgements = read_records(d / "judgements.parquet", Judgement)
-    if "process" in phases:
-        rnd.decisions = read_records(d / "decisions.parquet", Decision)
-        rnd.examples = read_records(d / "sft.parquet", SFTExample)
+    rnd = Round(r)
+    loaded = {
+        name: read_records(rd.round_dir(r) / name, cls)
+        for phase in PHASES
+        if phase in state["phases"]
+        for name, cls in PHASE_FILES.get(phase, ())
+    }
+    rnd.tasks = loaded.get("tasks.parquet", [])
+    rnd.traces = loaded.get("traces.parquet", [])
+    rnd.judgements = loaded.get("judgements.parquet", [])
+    rnd.decisions = loaded.get("decisions.parquet", [])
+    rnd.examples = loaded.get("sft.parquet", [])
     return rnd
 
 
