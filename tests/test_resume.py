@@ -189,6 +189,7 @@ def test_eval_command_reads_the_run(reference):
         "rounds/r002/metrics.json",
         "heldout.parquet",
         "checkpoints/r001",
+        "checkpoints/r000/model.safetensors",
     ],
 )
 def test_damaged_file_is_rebuilt_from_last_good_state(tmp_path, reference, damage):

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from tqdm import tqdm
 
 from reasonloop.algorithms.behaviour_cloning import balance_levels, sft_examples, with_hinted_copies
@@ -177,8 +178,8 @@ def _check_files(rd: RunDir, manifest: dict, log) -> None:
             try:
                 for name, cls in PHASE_FILES.get(phase, ()):
                     read_records(rd.round_dir(r) / name, cls)
-                if phase == "train" and not (rd.checkpoint(r) / "config.json").exists():
-                    raise CorruptRunError(f"{rd.checkpoint(r)}: checkpoint missing")
+                if phase == "train":
+                    _check_checkpoint(rd.checkpoint(r))
                 if phase == "eval":
                     path = rd.round_dir(r) / "metrics.json"
                     try:
@@ -195,6 +196,21 @@ def _check_files(rd: RunDir, manifest: dict, log) -> None:
                         del rounds[k]
                 rd.write_manifest(manifest)
                 return
+
+
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint has its config and complete safetensors files (the header covers the file)."""
+    if not (path / "config.json").exists():
+        raise CorruptRunError(f"{path}: checkpoint missing")
+    files = list(path.glob("*.safetensors"))
+    if not files:
+        raise CorruptRunError(f"{path}: no safetensors weights")
+    for f in files:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own error type for a damaged file
+            raise CorruptRunError(f"{f}: damaged weights ({e})") from e
 
 
 def _load_round(rd: RunDir, r: int, state: dict) -> Round:
