@@ -70,7 +70,6 @@ class Round:
     judgements: list[Judgement] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     examples: list[SFTExample] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Bar:
@@ -250,7 +249,7 @@ def _run_round(
     rnd = _load_round(rd, r, state)
     d = rd.round_dir(r)
     prev = manifest["rounds"].get(str(r - 1), {})
-    label_free = cfg.evaluator.kind == "consensus" and not cfg.strategy.rationalize
+    label_free = not cfg.uses_gold_after_seed
 
     # -- propose ---------------------------------------------------------------------------
     if "propose" not in phases:
