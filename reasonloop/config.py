@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -40,6 +40,14 @@ class ModelConfig(Section):
     """Longest prompt + completion in tokens (tiny backend)."""
     rope_theta: float = Field(10000.0, gt=0)
     """RoPE base; `.inf` turns rotary embeddings off (NoPE), which `transformers` loads too."""
+    abacus: int = Field(0, ge=0)
+    """Abacus digit-position embeddings (McLeish et al. 2024), tiny backend: 0 = off; N > 0 adds
+    to each digit an embedding of its index within its run of digits (1 for a number's first
+    digit written, 2 for the next...), capped at N. Lets attention line up the digits of equal
+    significance in operands and answer at lengths never trained (with reversed numbers)."""
+    abacus_offset: int = Field(0, ge=0)
+    """Training only: every sequence's digit indices are shifted by a random 0..abacus_offset,
+    so the embeddings of indices longer than any training number are trained too."""
     path: str | None = None
     """hf backend: a local model directory (nothing can be downloaded at run time)."""
     hf_config: dict | None = None
@@ -55,6 +63,19 @@ class ModelConfig(Section):
         if math.isnan(v):
             raise ValueError("rope_theta must be a positive number or .inf (NoPE)")
         return v
+
+    @model_validator(mode="after")
+    def _abacus(self) -> ModelConfig:
+        if self.abacus and self.backend != "tiny":
+            raise ValueError(
+                f"abacus ({self.abacus}) is a tiny-backend option; backend {self.backend!r} needs abacus: 0"
+            )
+        if self.abacus_offset and self.abacus_offset >= self.abacus:
+            raise ValueError(
+                f"abacus_offset ({self.abacus_offset}) must be below abacus ({self.abacus}): "
+                "shifted indices past abacus are all capped to one embedding"
+            )
+        return self
 
 
 class TrainConfig(Section):
@@ -158,11 +179,56 @@ class PostProcessConfig(Section):
     """Drop traces with a step the family can check and finds wrong (when it can check steps)."""
 
 
-class StrategyConfig(Section):
-    """How the Reasoner learns from what the round kept (behaviour cloning)."""
+class DPOConfig(Section):
+    """Preference optimisation of the Reasoner (algorithms `iterative-dpo`, `step-dpo`)."""
 
-    algorithm: Literal["star", "rft", "rest-em", "easy-to-hard"] = "easy-to-hard"
-    """The method this run implements; the preset of the same name sets the fields below."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull toward the reference (DPO's beta; IPO's tau)."""
+    loss_type: Literal["sigmoid", "ipo", "sigmoid_norm"] = "sigmoid"
+    """`sigmoid`: DPO; `ipo`: IPO on per-token log-ratios; `sigmoid_norm`: length-normalised DPO."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Conservative DPO: the assumed share of flipped preference labels (sigmoid losses only)."""
+    rpo_alpha: float = Field(0.0, ge=0)
+    """RPO: add this times the chosen completion's mean token NLL (0: off)."""
+    pairs_per_task: int = Field(4, ge=1)
+    """At most this many (right, wrong) pairs per task, each trace used once per side."""
+    reference: Literal["round", "seed"] = "round"
+    """`round`: the model at the start of the round (iterative DPO, refreshed each round);
+    `seed`: the round-0 model throughout."""
+
+
+class RLConfig(Section):
+    """Policy-gradient training of the Reasoner on its own samples (algorithms `grpo`, `rloo`).
+
+    Each round's k samples per task form a group; the evaluator's outcome score is the reward."""
+
+    scale_advantages: bool = True
+    """grpo: divide by the group's reward std (False: Dr. GRPO, centred rewards only)."""
+    clip_low: float = Field(0.2, gt=0, lt=1)
+    """The ratio pi/pi_old is clipped below at 1 - clip_low."""
+    clip_high: float = Field(0.2, gt=0)
+    """... and above at 1 + clip_high (DAPO's clip-higher uses 0.28)."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Weight of the k3 KL penalty to the seed (round-0) model; 0 needs no reference."""
+    aggregation: Literal["sequence", "token", "fixed"] = "sequence"
+    """Loss over tokens: per-completion mean (GRPO), batch token mean (DAPO), or
+    sum / (completions x max_new_tokens) (Dr. GRPO)."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards are all equal (they have no advantage signal)."""
+    overlong_cache: int = Field(0, ge=0)
+    """DAPO soft overlong penalty over the last this-many tokens of max_new_tokens (0: off)."""
+
+
+class StrategyConfig(Section):
+    """How the Reasoner learns from what the round kept."""
+
+    algorithm: Literal[
+        "star", "rft", "rest-em", "easy-to-hard", "iterative-dpo", "step-dpo", "grpo", "rloo"
+    ] = "easy-to-hard"
+    """The method this run implements; the preset of the same name sets the fields below.
+    star, rft, rest-em, easy-to-hard: behaviour cloning on kept traces; iterative-dpo: DPO on
+    (right, wrong) pairs of the same task; step-dpo: DPO on (right, first wrong) steps after a
+    shared prefix; grpo, rloo: policy gradient on the sampled groups."""
     rationalize: bool = False
     """STaR: retry failed tasks with the gold answer as a hint; keep rationales that reach it."""
     retrain_from_base: bool = False
@@ -171,6 +237,10 @@ class StrategyConfig(Section):
     """`round`: this round's kept data; `union`: everything kept since round 1 (Lee et al.)."""
     replay_seed: int = Field(0, ge=0)
     """Seed examples mixed into each round's training set (guards against forgetting)."""
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    """Used when algorithm is iterative-dpo or step-dpo."""
+    rl: RLConfig = Field(default_factory=RLConfig)
+    """Used when algorithm is grpo or rloo."""
 
 
 class RunConfig(Section):

@@ -82,3 +82,19 @@ def test_hf_greedy_generate_matches(tmp_path):
             eos_token_id=EOS_ID,
         )
         assert model.tokenizer.decode(out[0, ids.shape[1] :].tolist()) == c.text
+
+
+def test_exported_tokenizer_matches_the_tiny_one(tmp_path):
+    """The export carries the character tokenizer: AutoTokenizer gives the same ids and text."""
+    from reasonloop.models.tokenizer import CharTokenizer
+
+    TinyModel.create(ModelConfig(dim=32, n_layers=1, n_heads=4, max_seq_len=64), 0).export_hf(
+        tmp_path / "hf"
+    )
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = CharTokenizer()
+    text = "058+123=1810\n step;2 #~ A-z"
+    assert tok.encode(text, add_special_tokens=False) == ours.encode(text)
+    assert tok.decode(ours.encode(text)) == text
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (BOS_ID, EOS_ID, PAD_ID)
+    assert len(tok) == N_USED

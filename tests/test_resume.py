@@ -38,6 +38,8 @@ SMALL = [
     "--set",
     "tasks.heldout_per_level=8",
     "--set",
+    "tasks.seed_levels=[1,2,3]",
+    "--set",
     "tasks.heldout_levels=[1,2,3,4]",
     "--set",
     "creator.per_round=24",

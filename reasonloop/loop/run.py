@@ -23,8 +23,11 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from reasonloop.algorithms.behaviour_cloning import balance_levels, sft_examples, with_hinted_copies
+from reasonloop.algorithms.dpo import preference_pairs, train_dpo
+from reasonloop.algorithms.policy_gradient import groups_from_round, train_policy_gradient
 from reasonloop.algorithms.sft import train_sft
-from reasonloop.config import RunConfig, validate
+from reasonloop.algorithms.step_dpo import step_pairs
+from reasonloop.config import RunConfig, TrainConfig, validate
 from reasonloop.evaluator.consensus import judge_consensus
 from reasonloop.evaluator.gold import judge_gold
 from reasonloop.loop import faults
@@ -46,9 +49,11 @@ from reasonloop.report.summary import write_summary
 from reasonloop.tasks import creator
 from reasonloop.tasks.base import Family
 from reasonloop.tasks.registry import get_family
-from reasonloop.types import Decision, Judgement, SFTExample, Task, Trace
+from reasonloop.types import Decision, Judgement, PreferencePair, SFTExample, Task, Trace
 
 PHASES = ("propose", "solve", "process", "train", "eval")
+PREFERENCE = ("iterative-dpo", "step-dpo")
+POLICY_GRADIENT = ("grpo", "rloo")
 
 
 class RunMismatchError(RuntimeError):
@@ -70,6 +75,7 @@ class Round:
     judgements: list[Judgement] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     examples: list[SFTExample] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
 
 
 class Bar:
@@ -160,7 +166,11 @@ def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) 
 PHASE_FILES = {
     "propose": (("tasks.parquet", Task),),
     "solve": (("traces.parquet", Trace), ("judgements.parquet", Judgement)),
-    "process": (("decisions.parquet", Decision), ("sft.parquet", SFTExample)),
+    "process": (
+        ("decisions.parquet", Decision),
+        ("sft.parquet", SFTExample),
+        ("pairs.parquet", PreferencePair),
+    ),
 }
 
 
@@ -225,6 +235,7 @@ def _load_round(rd: RunDir, r: int, state: dict) -> Round:
     rnd.judgements = loaded.get("judgements.parquet", [])
     rnd.decisions = loaded.get("decisions.parquet", [])
     rnd.examples = loaded.get("sft.parquet", [])
+    rnd.pairs = loaded.get("pairs.parquet", [])
     return rnd
 
 
@@ -351,9 +362,18 @@ def _run_round(
             examples = balance_levels(examples, by_id, per_level)
             if cfg.strategy.rationalize:
                 examples = with_hinted_copies(examples, by_id, 0.5)
+        pairs: list[PreferencePair] = []
+        if r > 0 and cfg.strategy.algorithm in PREFERENCE:
+            rng = random.Random(phase_seed(cfg.seed, r, "process"))
+            per_task = cfg.strategy.dpo.pairs_per_task
+            if cfg.strategy.algorithm == "step-dpo":
+                pairs = step_pairs(by_id, rnd.traces, rnd.judgements, family, r, per_task, rng)
+            else:
+                pairs = preference_pairs(by_id, rnd.traces, rnd.judgements, r, per_task, rng)
         write_records(d / "decisions.parquet", decisions, Decision)
         write_records(d / "sft.parquet", examples, SFTExample)
-        rnd.decisions, rnd.examples = decisions, examples
+        write_records(d / "pairs.parquet", pairs, PreferencePair)
+        rnd.decisions, rnd.examples, rnd.pairs = decisions, examples, pairs
         _mark(
             rd,
             manifest,
@@ -365,30 +385,34 @@ def _run_round(
     # -- train -------------------------------------------------------------------------------
     if "train" not in phases:
         t0 = time.perf_counter()
-        data = _training_set(rd, cfg, r, rnd)
         if r > 0 and cfg.strategy.retrain_from_base:
             model = load_model(cfg.model, rd.checkpoint(0))
         assert model is not None
         tcfg = cfg.seed_train if r == 0 else cfg.train
-        total = tcfg.steps or max(1, -(-int(tcfg.epochs * len(data)) // tcfg.batch_size))
-        with bar(f"round {r} train", total, "step") as pb:
-            stats = train_sft(
-                model, data, tcfg, phase_seed(cfg.seed, r, "train"), on_step=_step_tick(pb)
-            )
+        with bar(f"round {r} train", tcfg.steps or 0, "step") as pb:
+            stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
         tmp = rd.tmp_dir() / "ckpt"
         model.save(tmp)
         atomic_replace_dir(tmp, rd.checkpoint(r))
         faults.hit("checkpoint")
+        losses = stats.get("losses", [])
         info = {
             "seconds": time.perf_counter() - t0,
-            "examples": len(data),
+            "examples": stats["examples"],
             "steps": stats.get("steps", 0),
             "tokens": stats.get("tokens", 0),
             "tokens_per_s": stats.get("tokens_per_s", 0.0),
-            "loss_first": stats.get("loss_first"),
-            "loss_last": stats.get("loss_last"),
-            "losses": [round(x, 5) for x in stats.get("losses", [])],
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "losses": [round(x, 5) for x in losses],
         }
+        # Per-step curves of the preference and RL trainers (reward margin, KL, clipping).
+        for key in ("margins", "accuracies", "kl", "clip_fraction"):
+            if key in stats:
+                info[key] = [round(x, 5) for x in stats[key]]
+        for key in ("reward_mean", "groups", "groups_kept"):
+            if key in stats:
+                info[key] = stats[key]
         _mark(rd, manifest, r, "train", info)
     else:
         model = load_model(cfg.model, rd.checkpoint(r))
@@ -469,7 +493,64 @@ def _process_stats(rnd: Round, family: Family, by_id: dict[str, Task]) -> dict[s
         else 0.0,
         "label_accuracy": (sum(right) / len(right)) if right else None,
         "examples": len(rnd.examples),
+        "pairs": len(rnd.pairs),
     }
+
+
+def _train(
+    cfg: RunConfig,
+    rd: RunDir,
+    r: int,
+    rnd: Round,
+    by_id: dict[str, Task],
+    model: LanguageModel,
+    tcfg: TrainConfig,
+    on_step,
+) -> dict[str, Any]:
+    """Train `model` in place with the round's method; stats include `examples`, the number of
+    training items (SFT examples, preference pairs, or sampled completions)."""
+    seed = phase_seed(cfg.seed, r, "train")
+    algorithm = cfg.strategy.algorithm
+    if r > 0 and algorithm in PREFERENCE:
+        dpo = cfg.strategy.dpo
+        pairs = list(rnd.pairs)
+        if cfg.strategy.train_on == "union":
+            for q in range(1, r):
+                pairs = read_records(rd.round_dir(q) / "pairs.parquet", PreferencePair) + pairs
+        reference = (
+            model.copy() if dpo.reference == "round" else load_model(cfg.model, rd.checkpoint(0))
+        )
+        stats = train_dpo(
+            model,
+            reference,
+            pairs,
+            tcfg,
+            seed,
+            dpo.beta,
+            dpo.loss_type,
+            dpo.rpo_alpha,
+            dpo.label_smoothing,
+            on_step,
+        )
+        return stats | {"examples": len(pairs)}
+    if r > 0 and algorithm in POLICY_GRADIENT:
+        rl = cfg.strategy.rl
+        groups = groups_from_round(by_id, rnd.traces, rnd.judgements)
+        reference = load_model(cfg.model, rd.checkpoint(0)) if rl.kl_beta else None
+        stats = train_policy_gradient(
+            model,
+            groups,
+            tcfg,
+            rl,
+            seed,
+            algorithm,
+            reference,
+            cfg.reasoner.max_new_tokens,
+            on_step,
+        )
+        return stats | {"examples": sum(len(g.completions) for g in groups)}
+    data = _training_set(rd, cfg, r, rnd)
+    return train_sft(model, data, tcfg, seed, on_step=on_step) | {"examples": len(data)}
 
 
 def _training_set(rd: RunDir, cfg: RunConfig, r: int, rnd: Round) -> list[SFTExample]:
@@ -520,10 +601,26 @@ def _round_metrics(
         },
         "train": {
             k: phases["train"][k]
-            for k in ("examples", "steps", "tokens", "loss_first", "loss_last")
-        },
+            for k in (
+                "examples",
+                "steps",
+                "tokens",
+                "loss_first",
+                "loss_last",
+                "reward_mean",
+                "groups",
+                "groups_kept",
+            )
+            if k in phases["train"]
+        }
+        | _last_of(phases["train"], ("margins", "accuracies", "kl", "clip_fraction")),
         "gold_labels_in_training": r == 0 or not label_free,
     }
+
+
+def _last_of(train: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
+    """The final value of each per-step curve present, as `<name>_last`."""
+    return {f"{k}_last": train[k][-1] for k in keys if train.get(k)}
 
 
 def _round_line(r: int, phases: dict[str, dict]) -> str:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from reasonloop.models.tiny import RMS_EPS, WEIGHTS_FILE, _atomic_write_dir, ffn_size
-from reasonloop.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+from reasonloop.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, hf_tokenizer
 
 if TYPE_CHECKING:
     from reasonloop.models.tiny import TinyModel
@@ -91,9 +91,19 @@ def hf_state_dict(model: TinyModel) -> dict[str, torch.Tensor]:
 
 def export_hf(model: TinyModel, path: str | Path) -> None:
     """Write `path`/model.safetensors and `path`/config.json (atomically) for
-    `transformers.LlamaForCausalLM.from_pretrained(path)`."""
+    `transformers.LlamaForCausalLM.from_pretrained(path)`, plus the character tokenizer's
+    files for `AutoTokenizer.from_pretrained(path)` when `transformers` is installed."""
+    if model.config.abacus:
+        raise ValueError(
+            f"cannot export to {path}: model.abacus is {model.config.abacus}, and Llama has no "
+            "digit-position embedding; only models with abacus: 0 export"
+        )
     state = hf_state_dict(model)
     config = hf_config(model)
+    try:
+        tokenizer = hf_tokenizer()
+    except ImportError:
+        tokenizer = None
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -104,5 +114,7 @@ def export_hf(model: TinyModel, path: str | Path) -> None:
             )
             + "\n"
         )
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
 
     _atomic_write_dir(path, write)

@@ -3,7 +3,10 @@
 The network is the Llama architecture (RMSNorm, rotary embeddings, SwiGLU, no biases, untied
 embeddings) so that `export_hf` maps it onto `transformers.LlamaForCausalLM` weight for weight;
 q/k/v and gate/up are fused into one matrix each (4 matmuls a layer instead of 7 per decode
-step). `rope_theta = inf` means no positional encoding at all (NoPE).
+step). `rope_theta = inf` means no positional encoding at all (NoPE). `abacus` adds an embedding of
+each digit's index within its number (McLeish et al. 2024), the one positional signal that
+lets addition stretch to longer numbers here (docs/easy-to-hard.md); it has no Llama
+equivalent, so such a model does not export.
 
 Generation decodes every prompt x sample in one batch: prompts are left-padded, each row carries
 its own positions, each prompt is prefilled once for its n samples, the KV cache is allocated
@@ -34,6 +37,7 @@ from reasonloop.models.base import Completion, Sampling, check_room, check_sampl
 from reasonloop.models.tokenizer import (
     BOS_ID,
     EOS_ID,
+    FIRST_DIGIT_ID,
     N_USED,
     NEWLINE_ID,
     PAD_ID,
@@ -76,6 +80,19 @@ def rope_tables(head_dim: int, theta: float, length: int) -> tuple[torch.Tensor,
     freqs = torch.arange(length, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
     cos, sin = freqs.cos(), freqs.sin()
     return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+
+
+def digit_runs(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] index of each token within its run of consecutive digits (1, 2, ...); 0 for
+    non-digits. Padding is not a digit, so left padding does not shift the indices."""
+    digit = (ids >= FIRST_DIGIT_ID) & (ids < FIRST_DIGIT_ID + 10)
+    t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    last_other = torch.where(digit, -1, t).cummax(dim=1).values
+    return torch.where(digit, t - last_other, 0)
+
+
+def is_digit(tok: torch.Tensor) -> torch.Tensor:
+    return (tok >= FIRST_DIGIT_ID) & (tok < FIRST_DIGIT_ID + 10)
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -211,6 +228,10 @@ class TinyTransformer(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.dim))
         self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
         self.nope = math.isinf(cfg.rope_theta)
+        self.abacus_max, self.abacus_offset = cfg.abacus, cfg.abacus_offset
+        if cfg.abacus:
+            # Row 0 (non-digits) stays zero: padding_idx keeps it out of training.
+            self.abacus = nn.Embedding(cfg.abacus + 1, cfg.dim, padding_idx=0)
         if not self.nope:
             cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.max_seq_len)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -221,6 +242,10 @@ class TinyTransformer(nn.Module):
         std = 0.02
         nn.init.normal_(self.embed.weight, std=std)
         nn.init.normal_(self.lm_head.weight, std=std)
+        if self.abacus_max:
+            nn.init.normal_(self.abacus.weight, std=std)
+            with torch.no_grad():
+                self.abacus.weight[0].zero_()
         for layer in self.layers:
             nn.init.normal_(layer.wqkv.weight, std=std)
             nn.init.normal_(layer.w_gate_up.weight, std=std)
@@ -240,6 +265,8 @@ class TinyTransformer(nn.Module):
         positions [B, T] default to 0..T-1; mask None means causal; caches, if given, are
         filled with the keys and values of positions 0..T-1 (prefill)."""
         x = self.embed(ids)
+        if self.abacus_max:
+            x = x + self.abacus(self.abacus_index(digit_runs(ids)))
         rope = None
         if not self.nope:
             T = ids.shape[1]
@@ -254,6 +281,18 @@ class TinyTransformer(nn.Module):
             x = x[:, -1]
         return self.lm_head(F.rms_norm(x, (self.dim,), self.norm, RMS_EPS))
 
+    def abacus_index(self, runs: torch.Tensor) -> torch.Tensor:
+        """Digit-run indices -> abacus embedding rows; in training, shifted per sequence."""
+        if self.training and self.abacus_offset:
+            shift = torch.randint(
+                0,
+                self.abacus_offset + 1,
+                (runs.shape[0],) + (1,) * (runs.dim() - 1),
+                device=runs.device,
+            )
+            runs = torch.where(runs > 0, runs + shift, 0)
+        return runs.clamp(max=self.abacus_max)
+
     def step(
         self,
         tok: torch.Tensor,
@@ -261,9 +300,13 @@ class TinyTransformer(nn.Module):
         caches: list[tuple[torch.Tensor, torch.Tensor]],
         t: int,
         bias: torch.Tensor,
+        runs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, V] after feeding token tok [B] at rope positions [B] and cache slot t."""
+        """Logits [B, V] after feeding token tok [B] at rope positions [B] and cache slot t;
+        `runs` [B] is tok's index within its digit run (abacus models only)."""
         x = self.embed(tok)
+        if self.abacus_max and runs is not None:
+            x = x + self.abacus(self.abacus_index(runs))
         rope = None
         if not self.nope:
             rope = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]
@@ -590,6 +633,8 @@ class TinyModel:
         bias[:P].masked_fill_(~key_ok.repeat_interleave(n, 0).T, -math.inf)
         bias = bias.repeat_interleave(H, 1)
         next_pos = lens_t.repeat_interleave(n, 0)  # rope position of the token sampled at step 0
+        # Digit-run index of each row's last prompt token, carried on as tokens are sampled.
+        runs = digit_runs(ids)[:, -1].repeat_interleave(n, 0) if module.abacus_max else None
         budget_t = torch.tensor(budgets, device=dev).repeat_interleave(n, 0)
         stop_ids = [EOS_ID, NEWLINE_ID] if sampling.stop_at_newline else [EOS_ID]
         stop_t = torch.tensor(stop_ids, device=dev)
@@ -625,8 +670,11 @@ class TinyModel:
                     rows = alive if rows is None else rows[alive]
                     tok, next_pos, budget_t = tok[alive], next_pos[alive], budget_t[alive]
                     finished = finished[alive]
+                    runs = runs[alive] if runs is not None else None
             # Rows past their budget keep decoding garbage (discarded); clamp keeps rope in range.
-            logits = module.step(tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias)
+            if runs is not None:
+                runs = torch.where(is_digit(tok), runs + 1, 0)
+            logits = module.step(tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias, runs)
         return _completions(
             tokens[:, :run].tolist(), logps[:, :run].tolist(), budgets, n, stop_ids, self.tokenizer
         )

@@ -13,6 +13,8 @@ NEWLINE_ID = 3
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 """The characters in id order, starting at `NEWLINE_ID`."""
 VOCAB_SIZE = 128
+FIRST_DIGIT_ID = NEWLINE_ID + CHARS.index("0")
+"""Ids FIRST_DIGIT_ID .. FIRST_DIGIT_ID + 9 are the digits 0..9."""
 N_USED = NEWLINE_ID + len(CHARS)
 """Ids 0..N_USED-1 are in use; N_USED..VOCAB_SIZE-1 are padding that is never sampled."""
 
@@ -53,3 +55,28 @@ class CharTokenizer:
                 raise ValueError(f"token id {i} is outside the tiny vocabulary 0..{VOCAB_SIZE - 1}")
             out.append(chars[i])
         return "".join(out)
+
+
+def hf_tokenizer():
+    """The same tokenizer as a `transformers.PreTrainedTokenizerFast` (ids identical), so that an
+    exported tiny model loads with `AutoTokenizer` and runs in TRL or vLLM unchanged.
+
+    One id per character (a `tokenizers` WordLevel model over single characters); bos, eos and
+    pad are the special tokens `<s>`, `</s>`, `<pad>`. The unused ids N_USED..127 are left out,
+    so `len(tokenizer)` is N_USED and the hf backend never samples them. Needs `transformers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID}
+    vocab |= {ch: NEWLINE_ID + i for i, ch in enumerate(CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",
+        model_max_length=1 << 30,
+    )

@@ -1,0 +1,30 @@
+"""Per-token log-probabilities of completions, with gradient, for the preference and RL losses."""
+
+from __future__ import annotations
+
+import torch
+
+from reasonloop.algorithms.sft import collate
+from reasonloop.models.base import LanguageModel
+
+
+def token_logps(
+    model: LanguageModel, batch: list[tuple[list[int], int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token) of each completion token [B, T] (0 elsewhere) and the completion mask [B, T].
+
+    `batch` holds (token ids, prompt length) pairs as `sft.encode_example` makes them; row b's
+    completion tokens are where mask[b] is True. Gradients flow when the model is training."""
+    device = next(model.module.parameters()).device
+    inputs, labels, mask, attn = collate(batch, model.tokenizer.pad_id, device)
+    logp = torch.log_softmax(model.forward(inputs, attn).float(), -1)
+    token = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return token * mask, mask
+
+
+def sequence_logps(
+    model: LanguageModel, batch: list[tuple[list[int], int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs [B] and completion token counts [B]."""
+    token, mask = token_logps(model, batch)
+    return token.sum(-1), mask.sum(-1)

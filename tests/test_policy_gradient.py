@@ -1,0 +1,160 @@
+"""Policy-gradient rounds (GRPO, RLOO) on a real tiny model, and the loop's preference/RL records."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from reasonloop.algorithms.logprobs import sequence_logps
+from reasonloop.algorithms.policy_gradient import Group, groups_from_round, train_policy_gradient
+from reasonloop.algorithms.sft import encode_example
+from reasonloop.config import ModelConfig, RLConfig, TrainConfig, load_config
+from reasonloop.loop.run import run
+from reasonloop.models.tiny import TinyModel
+from reasonloop.types import Judgement, SFTExample, Task, Trace
+
+CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64)
+
+
+def _groups() -> list[Group]:
+    """Each prompt's rewarded completion is the digit sum; three distractors get 0."""
+    out = []
+    for a in range(6):
+        for b in range(3):
+            right = str(a + b)
+            wrong = [str(a + b + d) for d in (1, 2, 3)]
+            out.append(Group(f"t{a}{b}", f"{a}+{b}=", [right, *wrong], [1.0, 0.0, 0.0, 0.0]))
+    out.append(Group("flat", "9+9=", ["18", "19"], [1.0, 1.0]))  # no signal: dropped
+    return out
+
+
+def _logp(model: TinyModel, groups: list[Group]) -> torch.Tensor:
+    seqs = [
+        encode_example(model.tokenizer, SFTExample(g.prompt, c))
+        for g in groups
+        for c in g.completions
+    ]
+    with torch.no_grad():
+        return sequence_logps(model, seqs)[0].view(len(groups), -1)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_rewarded_completions_gain_probability(algorithm):
+    model = TinyModel.create(CFG, 0)
+    groups = _groups()
+    before = _logp(model, groups[:-1])
+    cfg = TrainConfig(steps=30, batch_size=24, lr=3e-3, warmup_steps=2)
+    stats = train_policy_gradient(model, groups, cfg, RLConfig(), seed=0, algorithm=algorithm)
+    after = _logp(model, groups[:-1])
+    assert stats["groups"] == 19 and stats["groups_kept"] == 18
+    assert stats["reward_mean"] == pytest.approx((18 + 2) / 74)
+    gain = after - before
+    assert (gain[:, 0] > 0).float().mean() >= 0.9 and (gain[:, 1:] < 0).float().mean() >= 0.8
+    # the rewarded completion becomes the most likely of its group
+    best_before = (before.argmax(1) == 0).float().mean()
+    assert (after.argmax(1) == 0).float().mean() >= max(0.9, best_before + 0.3)
+    assert 0 <= min(stats["clip_fraction"]) and max(stats["clip_fraction"]) <= 1
+
+
+def test_kl_to_a_reference_is_logged_and_required():
+    model = TinyModel.create(CFG, 0)
+    cfg = TrainConfig(steps=8, batch_size=24, lr=3e-3, warmup_steps=1)
+    with pytest.raises(ValueError, match="reference"):
+        train_policy_gradient(model, _groups(), cfg, RLConfig(kl_beta=0.1), seed=0)
+    stats = train_policy_gradient(
+        model, _groups(), cfg, RLConfig(kl_beta=0.1), seed=0, reference=model.copy()
+    )
+    assert stats["kl"][0] == pytest.approx(0.0, abs=1e-6) and stats["kl"][-1] > 0
+
+
+def test_groups_from_round_use_outcome_scores_and_skip_hints():
+    tasks = {"a": Task(id="a", family="f", prompt="1+1=", answer="2", difficulty=1)}
+    traces = [
+        Trace(id=f"x{i}", task_id="a", text=t, steps=[], answer=t, producer="r")
+        for i, t in enumerate(["2", "3"])
+    ] + [
+        Trace(
+            id="h",
+            task_id="a",
+            text="2",
+            steps=[],
+            answer="2",
+            producer="r",
+            decoding={"hint": True},
+        )
+    ]
+    judg = [
+        Judgement(trace_id="x0", evaluator="gold", level="outcome", scores=[1.0], verdict=True),
+        Judgement(trace_id="x1", evaluator="gold", level="outcome", scores=[0.0], verdict=False),
+    ]
+    (g,) = groups_from_round(tasks, traces, judg)
+    assert g.completions == ["2", "3"] and g.rewards == [1.0, 0.0]
+
+
+def _tiny_run(preset: str, tmp_path, **extra) -> tuple:
+    cfg = load_config(
+        preset,
+        overrides={
+            "rounds": 1,
+            "model": {"dim": 48, "n_layers": 2, "n_heads": 2, "threads": 1},
+            "seed_train": {"steps": 300, "batch_size": 32, "lr": 0.003},
+            "train": {"steps": 5, "batch_size": 16},
+            "tasks": {
+                "seed_levels": [1, 2],
+                "seed_examples": 600,
+                "heldout_levels": [1, 2],
+                "heldout_per_level": 10,
+            },
+            "creator": {"per_round": 40, "start_level": 1, "levels_ahead": 2},
+            "reasoner": {"samples": 4, "batch_size": 64},
+            **extra,
+        },
+    )
+    out = tmp_path / preset
+    summary = run(cfg, out, show_progress=False, log=lambda *_: None)
+    return out, summary
+
+
+def test_iterative_dpo_round_pairs_right_with_wrong(tmp_path):
+    out, summary = _tiny_run("iterative-dpo", tmp_path)
+    r1 = out / "rounds/r001"
+    pairs = pq.read_table(r1 / "pairs.parquet").to_pylist()
+    traces = pq.read_table(r1 / "traces.parquet").to_pylist()
+    verdict = {
+        j["trace_id"]: j["verdict"] for j in pq.read_table(r1 / "judgements.parquet").to_pylist()
+    }
+    tasks = {t["id"]: t for t in pq.read_table(r1 / "tasks.parquet").to_pylist()}
+    texts = {}
+    for t in traces:
+        texts.setdefault((t["task_id"], t["text"]), set()).add(verdict[t["id"]])
+    assert pairs, "a 300-step seed leaves tasks with both right and wrong samples"
+    for p in pairs:
+        assert p["prompt"] == tasks[p["task_id"]]["prompt"]
+        assert texts[(p["task_id"], p["chosen"])] == {True}
+        assert texts[(p["task_id"], p["rejected"])] == {False}
+    train = summary["rounds"][1]["train"]
+    assert (
+        train["examples"] == len(pairs) and "margins_last" in train and "accuracies_last" in train
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["rounds"]["1"]["phases"]["train"]["margins"]) == 5
+
+
+def test_grpo_round_logs_reward_and_kl(tmp_path):
+    out, summary = _tiny_run(
+        "grpo-zero", tmp_path, strategy={"algorithm": "grpo", "rl": {"kl_beta": 0.05}}
+    )
+    train = summary["rounds"][1]["train"]
+    traces = pq.read_table(out / "rounds/r001/traces.parquet").to_pylist()
+    assert train["examples"] == len(traces) == 40 * 4
+    assert 0 < train["reward_mean"] < 1 and 0 < train["groups_kept"] <= 40
+    assert train["kl_last"] >= 0 and "clip_fraction_last" in train
+    assert pq.read_table(out / "rounds/r001/pairs.parquet").num_rows == 0
+    # The same command again finds the run finished and recomputes nothing.
+    _, again = _tiny_run(
+        "grpo-zero", tmp_path, strategy={"algorithm": "grpo", "rl": {"kl_beta": 0.05}}
+    )
+    assert again["rounds"] == summary["rounds"]
