@@ -158,3 +158,21 @@ def test_grpo_round_logs_reward_and_kl(tmp_path):
         "grpo-zero", tmp_path, strategy={"algorithm": "grpo", "rl": {"kl_beta": 0.05}}
     )
     assert again["rounds"] == summary["rounds"]
+
+
+def test_summary_flags_reward_up_with_heldout_down():
+    from reasonloop.report.summary import reward_hacking
+
+    def rnd(i: int, acc: float, **train) -> dict:
+        return {"round": i, "heldout": {"pass@1": acc}, "train": train}
+
+    rounds = [
+        rnd(0, 0.50),
+        rnd(1, 0.55, reward_mean=0.4),
+        rnd(2, 0.45, reward_mean=0.6),  # reward up, accuracy down 10 points: flagged
+        rnd(3, 0.44, reward_mean=0.7),  # down only 1 point: within noise
+        rnd(4, 0.30, reward_mean=0.5),  # both down: not hacking, just worse
+    ]
+    flags = reward_hacking(rounds)
+    assert [(f["round"], f["reward"]) for f in flags] == [(2, "reward_mean")]
+    assert flags[0]["from"] == 0.4 and flags[0]["heldout_to"] == 0.45
