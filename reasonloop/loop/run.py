@@ -84,7 +84,7 @@ class Bar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def __call__(self, desc: str, total: int, unit: str = "it") -> tqdm:
+    def __call__(self, desc: str, total: int | None, unit: str = "it") -> tqdm:
         return tqdm(
             total=total,
             desc=desc,
@@ -389,7 +389,8 @@ def _run_round(
             model = load_model(cfg.model, rd.checkpoint(0))
         assert model is not None
         tcfg = cfg.seed_train if r == 0 else cfg.train
-        with bar(f"round {r} train", tcfg.steps or 0, "step") as pb:
+        # Epoch-based phases learn their step count from the data (None: a bar without a total).
+        with bar(f"round {r} train", tcfg.steps, "step") as pb:
             stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
         tmp = rd.tmp_dir() / "ckpt"
         model.save(tmp)

@@ -82,17 +82,17 @@ def rope_tables(head_dim: int, theta: float, length: int) -> tuple[torch.Tensor,
     return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
 
+def is_digit(ids: torch.Tensor) -> torch.Tensor:
+    return (ids >= FIRST_DIGIT_ID) & (ids < FIRST_DIGIT_ID + 10)
+
+
 def digit_runs(ids: torch.Tensor) -> torch.Tensor:
     """[B, T] index of each token within its run of consecutive digits (1, 2, ...); 0 for
     non-digits. Padding is not a digit, so left padding does not shift the indices."""
-    digit = (ids >= FIRST_DIGIT_ID) & (ids < FIRST_DIGIT_ID + 10)
+    digit = is_digit(ids)
     t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     last_other = torch.where(digit, -1, t).cummax(dim=1).values
     return torch.where(digit, t - last_other, 0)
-
-
-def is_digit(tok: torch.Tensor) -> torch.Tensor:
-    return (tok >= FIRST_DIGIT_ID) & (tok < FIRST_DIGIT_ID + 10)
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
