@@ -98,10 +98,6 @@ class TrainConfig(Section):
     """Clip the global gradient norm to this value."""
     bucket_by_length: bool = True
     """Group sequences of similar length into a batch (less padding, faster steps)."""
-    lead_spaces: int = Field(0, ge=0)
-    """Training only: put 0..lead_spaces random spaces before each prompt, a fresh draw every
-    time an example is used, so a model without positional encoding (NoPE) cannot tie what it
-    learns to absolute positions (the spaces shift them; held-out prompts have none)."""
 
 
 class TasksConfig(Section):

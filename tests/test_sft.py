@@ -130,23 +130,3 @@ def test_training_is_deterministic_and_stops_as_asked():
     assert empty["steps"] == 0 and empty["tokens"] == 0 and empty["losses"] == []
     with pytest.raises(ValueError, match=r"SFT example 1 \(task 'x'\): character 'é'"):
         train_sft(_model(), [examples[0], SFTExample("é=", "1", task_id="x")], cfg, seed=0)
-
-
-def test_lead_spaces_shift_prompts_in_training_only():
-    from reasonloop.algorithms.sft import lead
-
-    ids, p_len = [1, 20, 21, 30], 3
-    assert lead(ids, p_len, 4, 2) == ([1, 4, 4, 20, 21, 30], 5)
-    assert lead(ids, p_len, 4, 0) == (ids, p_len)
-    # a real model trained with lead spaces still answers prompts without them, and the same
-    # seed gives the same weights
-    data = [SFTExample(f"{a}=", str(a)) for a in range(10)]
-    cfg = TrainConfig(steps=60, batch_size=10, lr=1e-2, warmup_steps=2, lead_spaces=5)
-    weights = []
-    for _ in range(2):
-        model = TinyModel.create(ModelConfig(dim=32, n_layers=1, n_heads=4, max_seq_len=16), 0)
-        train_sft(model, data, cfg, seed=1)
-        weights.append(model.module.lm_head.weight.detach().clone())
-    assert torch.equal(weights[0], weights[1])
-    out = model.generate([f"{a}=" for a in range(10)], 1, Sampling(temperature=0, max_new_tokens=3))
-    assert sum(c[0].text == str(a) for a, c in enumerate(out)) >= 8

@@ -87,20 +87,6 @@ def collate(
     return ids[:, :-1].to(device), ids[:, 1:].to(device), loss_mask.to(device), attn.to(device)
 
 
-def _space_id(tokenizer: Tokenizer) -> int:
-    ids = tokenizer.encode(" ")
-    if len(ids) != 1:
-        raise ValueError(
-            f"train.lead_spaces needs a tokenizer that encodes ' ' as one token, got ids {ids}"
-        )
-    return ids[0]
-
-
-def lead(ids: list[int], prompt_len: int, space: int, k: int) -> tuple[list[int], int]:
-    """`ids` with k spaces inserted after bos (before the prompt's first character)."""
-    return ids[:1] + [space] * k + ids[1:], prompt_len + k
-
-
 def train_sft(
     model: LanguageModel,
     examples: list[SFTExample],
@@ -138,9 +124,6 @@ def train_sft(
     opt = adamw(module, cfg)
     rng = random.Random(seed)
     lengths = [len(s) for s, _ in seqs]
-    space = _space_id(model.tokenizer) if cfg.lead_spaces else 0
-    # The spaces never push a sequence past the tiny model's context (+1: inputs drop the last id).
-    room = (model.config.max_seq_len + 1) if model.config.backend == "tiny" else 1 << 30
     was_training = module.training
     module.train()
     t0 = time.perf_counter()
@@ -152,13 +135,9 @@ def train_sft(
             ):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
-                batch = [seqs[i] for i in idx]
-                if cfg.lead_spaces:
-                    batch = [
-                        lead(s, p, space, min(rng.randint(0, cfg.lead_spaces), room - len(s)))
-                        for s, p in batch
-                    ]
-                inputs, labels, mask, attn = collate(batch, model.tokenizer.pad_id, device)
+                inputs, labels, mask, attn = collate(
+                    [seqs[i] for i in idx], model.tokenizer.pad_id, device
+                )
                 loss = sft_loss(model.forward(inputs, attn), labels, mask)
                 loss.backward()
                 clip_and_step(opt, cfg)
