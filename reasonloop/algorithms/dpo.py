@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from reasonloop.algorithms.logprobs import sequence_logps
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import encode_example
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
+from reasonloop.algorithms.sft import batches, encode_example
 from reasonloop.config import TrainConfig
 from reasonloop.models.base import LanguageModel
 from reasonloop.types import Judgement, PreferencePair, SFTExample, Task, Trace
@@ -140,19 +140,14 @@ def train_dpo(
     module = model.module
     opt = adamw(module, cfg)
     rng = random.Random(seed)
-    order: list[int] = []
     was_training = module.training
     module.train()
     t0 = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for step in range(total):
-                if len(order) < cfg.batch_size:
-                    fresh = list(range(len(pairs)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            order = batches([0] * len(pairs), cfg.batch_size, total, rng, bucket=False)
+            for step, idx in enumerate(order):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
                 both = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
@@ -174,22 +169,10 @@ def train_dpo(
                     loss = loss + rpo_alpha * (-logps[:n] / counts[:n].clamp(min=1)).mean()
                 loss.backward()
                 clip_and_step(opt, cfg)
-                stats["steps"] = step + 1
-                stats["losses"].append(loss.item())
                 stats["margins"].append((rc - rr).mean().item())
                 stats["accuracies"].append((rc > rr).float().mean().item())
-                stats["tokens"] += sum(len(ids) - 1 for ids, _ in both)
-                stats["seconds"] = time.perf_counter() - t0
-                stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
-                if on_step is not None:
-                    on_step(
-                        {
-                            "step": step + 1,
-                            "loss": stats["losses"][-1],
-                            "lr": lr,
-                            "tokens_per_s": stats["tokens_per_s"],
-                        }
-                    )
+                tokens = sum(len(ids) - 1 for ids, _ in both)
+                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
     finally:
         module.train(was_training)
     return stats

@@ -4,6 +4,8 @@ cosine decay to `min_lr_ratio`, global gradient-norm clipping (all settings from
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -49,3 +51,23 @@ def clip_and_step(opt: torch.optim.Optimizer, cfg: TrainConfig) -> float:
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)
+
+
+def record_step(
+    stats: dict,
+    step: int,
+    loss: float,
+    tokens: int,
+    t0: float,
+    lr: float,
+    on_step: Callable[[dict], None] | None,
+) -> None:
+    """Book optimiser step `step` (0-based) in a trainer's stats (steps, losses, tokens, seconds,
+    tokens_per_s) and report {step, loss, lr, tokens_per_s} to `on_step`."""
+    stats["steps"] = step + 1
+    stats["losses"].append(loss)
+    stats["tokens"] += tokens
+    stats["seconds"] = time.perf_counter() - t0
+    stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
+    if on_step is not None:
+        on_step({"step": step + 1, "loss": loss, "lr": lr, "tokens_per_s": stats["tokens_per_s"]})

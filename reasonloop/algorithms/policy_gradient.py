@@ -28,8 +28,8 @@ from reasonloop.algorithms.grpo import (
     varied_groups,
 )
 from reasonloop.algorithms.logprobs import token_logps
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import encode_example
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
+from reasonloop.algorithms.sft import batches, encode_example
 from reasonloop.config import RLConfig, TrainConfig
 from reasonloop.models.base import LanguageModel
 from reasonloop.types import Judgement, SFTExample, Task, Trace
@@ -162,19 +162,14 @@ def train_policy_gradient(
     module = model.module
     opt = adamw(module, cfg)
     rng = random.Random(seed)
-    order: list[int] = []
     was_training = module.training
     module.train()
     t0 = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for step in range(total):
-                if len(order) < min(cfg.batch_size, len(seqs)):
-                    fresh = list(range(len(seqs)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
+            for step, idx in enumerate(order):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
                 logps, mask = token_logps(model, [seqs[i] for i in idx])
@@ -195,22 +190,10 @@ def train_policy_gradient(
                 )
                 loss.backward()
                 clip_and_step(opt, cfg)
-                stats["steps"] = step + 1
-                stats["tokens"] += sum(len(seqs[i][0]) - 1 for i in idx)
-                stats["losses"].append(loss.item())
                 stats["kl"].append(s["kl"])
                 stats["clip_fraction"].append(s["clip_fraction"])
-                stats["seconds"] = time.perf_counter() - t0
-                stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
-                if on_step is not None:
-                    on_step(
-                        {
-                            "step": step + 1,
-                            "loss": stats["losses"][-1],
-                            "lr": lr,
-                            "tokens_per_s": stats["tokens_per_s"],
-                        }
-                    )
+                tokens = sum(len(seqs[i][0]) - 1 for i in idx)
+                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
     finally:
         module.train(was_training)
     return stats

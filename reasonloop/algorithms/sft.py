@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.config import TrainConfig
 from reasonloop.models.base import LanguageModel, Tokenizer
 from reasonloop.types import SFTExample
@@ -141,21 +141,8 @@ def train_sft(
                 loss = sft_loss(model.forward(inputs, attn), labels, mask)
                 loss.backward()
                 clip_and_step(opt, cfg)
-                value = loss.item()
-                stats["losses"].append(value)
-                stats["steps"] = step + 1
-                stats["tokens"] += sum(lengths[i] - 1 for i in idx)
-                stats["seconds"] = time.perf_counter() - t0
-                stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
-                if on_step is not None:
-                    on_step(
-                        {
-                            "step": step + 1,
-                            "loss": value,
-                            "lr": lr,
-                            "tokens_per_s": stats["tokens_per_s"],
-                        }
-                    )
+                tokens = sum(lengths[i] - 1 for i in idx)
+                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
                 if max_seconds is not None and stats["seconds"] >= max_seconds:
                     break
     finally:
