@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from reasonloop.algorithms.logprobs import sequence_logps
+from reasonloop.algorithms.logprobs import frozen_token_logps, sequence_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.algorithms.sft import batches, encode_example
 from reasonloop.config import TrainConfig
@@ -124,17 +124,9 @@ def train_dpo(
             encoded.append(encode_pair(model, p))
         except ValueError as e:
             raise ValueError(f"preference pair {i} (task {p.task_id!r}): {e}") from None
-    ref_module = reference.module
-    was_ref_training = ref_module.training
-    ref_module.eval()
-    ref_c, ref_r = [], []
-    with torch.no_grad():
-        for s in range(0, len(encoded), 256):
-            chunk = encoded[s : s + 256]
-            ref_c.append(sequence_logps(reference, [c for c, _ in chunk])[0])
-            ref_r.append(sequence_logps(reference, [r for _, r in chunk])[0])
-    ref_module.train(was_ref_training)
-    ref_chosen, ref_rejected = torch.cat(ref_c), torch.cat(ref_r)
+    ref = frozen_token_logps(reference, [c for c, _ in encoded] + [r for _, r in encoded])
+    ref = torch.stack([row.sum() for row in ref])
+    ref_chosen, ref_rejected = ref[: len(encoded)], ref[len(encoded) :]
 
     total = cfg.steps or math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
     module = model.module

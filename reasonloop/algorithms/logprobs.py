@@ -28,3 +28,26 @@ def sequence_logps(
     """Summed completion log-probs [B] and completion token counts [B]."""
     token, mask = token_logps(model, batch)
     return token.sum(-1), mask.sum(-1)
+
+
+FROZEN_CHUNK = 256
+"""Sequences per forward in `frozen_token_logps`."""
+
+
+def frozen_token_logps(
+    model: LanguageModel, seqs: list[tuple[list[int], int]]
+) -> list[torch.Tensor]:
+    """Each sequence's completion-token log-probs (a 1-D tensor per sequence) without gradient,
+    in eval mode and in chunks: the reference or old-policy pass of DPO and the RL trainers."""
+    module = model.module
+    was_training = module.training
+    module.eval()
+    out: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(seqs), FROZEN_CHUNK):
+                logps, mask = token_logps(model, seqs[s : s + FROZEN_CHUNK])
+                out += [row[m] for row, m in zip(logps, mask, strict=True)]
+    finally:
+        module.train(was_training)
+    return out

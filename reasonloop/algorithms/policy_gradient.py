@@ -27,14 +27,12 @@ from reasonloop.algorithms.grpo import (
     rloo_advantages,
     varied_groups,
 )
-from reasonloop.algorithms.logprobs import token_logps
+from reasonloop.algorithms.logprobs import frozen_token_logps, token_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.algorithms.sft import batches, encode_example
 from reasonloop.config import RLConfig, TrainConfig
 from reasonloop.models.base import LanguageModel
 from reasonloop.types import Judgement, SFTExample, Task, Trace
-
-LOGP_CHUNK = 256
 
 
 @dataclass
@@ -72,12 +70,10 @@ def advantages(
     algorithm: str,
     lengths: list[list[int]] | None,
     max_tokens: int,
-) -> tuple[list[Group], list[list[float]]]:
-    """The groups that carry signal and their per-completion advantages."""
-    if not groups:
-        return [], []
+) -> tuple[list[int], list[list[float]]]:
+    """Indices of the groups that carry signal, and their per-completion advantages."""
     kept, advs = [], []
-    for g, lens in zip(groups, lengths or [None] * len(groups), strict=True):
+    for i, (g, lens) in enumerate(zip(groups, lengths or [None] * len(groups), strict=True)):
         r = torch.tensor([g.rewards], dtype=torch.float64)
         if rl.overlong_cache and lens is not None:
             r = r + overlong_penalty(torch.tensor([lens]), max_tokens, rl.overlong_cache).double()
@@ -87,24 +83,9 @@ def advantages(
             a = rloo_advantages(r)
         else:
             a = group_advantages(r, scale=rl.scale_advantages)
-        kept.append(g)
+        kept.append(i)
         advs.append(a[0].tolist())
     return kept, advs
-
-
-def _logps_no_grad(model: LanguageModel, seqs: list[tuple[list[int], int]]) -> list[torch.Tensor]:
-    module = model.module
-    was = module.training
-    module.eval()
-    out = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(seqs), LOGP_CHUNK):
-                logps, mask = token_logps(model, seqs[s : s + LOGP_CHUNK])
-                out += [row[m] for row, m in zip(logps, mask, strict=True)]
-    finally:
-        module.train(was)
-    return out
 
 
 def train_policy_gradient(
@@ -150,13 +131,12 @@ def train_policy_gradient(
     stats["groups_kept"] = len(kept)
     if not kept:
         return stats
-    index = {id(g): i for i, g in enumerate(groups)}
     seqs, adv = [], []
-    for g, a in zip(kept, advs, strict=True):
-        seqs += encoded[index[id(g)]]
+    for i, a in zip(kept, advs, strict=True):
+        seqs += encoded[i]
         adv += a
-    old = _logps_no_grad(model, seqs)
-    ref = _logps_no_grad(reference, seqs) if rl.kl_beta and reference is not None else None
+    old = frozen_token_logps(model, seqs)
+    ref = frozen_token_logps(reference, seqs) if rl.kl_beta and reference is not None else None
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
     module = model.module
