@@ -1,8 +1,9 @@
-"""`reasonloop run | eval | presets`."""
+"""`reasonloop run | eval | presets`, and the commands of `_COMMAND_MODULES`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -150,6 +151,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each module defines `register(sub)`, which adds its subcommand with `set_defaults(fn=...)`; the
+# command's code lives beside what it shows, not here.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="reasonloop",
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "--show", metavar="NAME", help="print a preset's YAML (copy it to make your own)"
     )
     ps.set_defaults(fn=cmd_presets)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     args = p.parse_args(argv)
     from reasonloop.loop.run import RunMismatchError
     from reasonloop.loop.store import CorruptRunError
