@@ -1,6 +1,6 @@
 """Training methods side by side: held-out pass@1 per round for each preset, several seeds.
 
-    python benchmarks/methods.py [--presets star rft rest-em iterative-dpo step-dpo grpo-zero rloo]
+    python benchmarks/methods.py [--presets star rft rest-em iterative-dpo step-dpo grpo-zero rloo ppo]
                                  [--seeds 0 1 2] [--rounds 4] [--out runs/methods]
 
 Every preset runs on the same family, seed recipe and held-out set (the common overrides below),
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument(
         "--presets",
         nargs="+",
-        default=["star", "rft", "rest-em", "iterative-dpo", "step-dpo", "grpo-zero", "rloo"],
+        default=["star", "rft", "rest-em", "iterative-dpo", "step-dpo", "grpo-zero", "rloo", "ppo"],
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=4)

@@ -59,6 +59,7 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from reasonloop import distributed
     from reasonloop.loop.run import run
 
     overrides: dict[str, Any] = {}
@@ -70,6 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     cfg = load_config(args.preset, args.config, overrides)
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-s{cfg.seed}")
+    if not distributed.is_main():  # under torchrun: only train alongside rank 0, which reports
+        run(cfg, out, show_progress=False, log=lambda _: None)
+        return 0
     print(
         f"reasonloop: {cfg.preset or 'custom'} run, {cfg.rounds} rounds after the seed, writing to {out}",
         flush=True,
@@ -90,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from reasonloop.loop.heldout import evaluate, make_heldout
-    from reasonloop.loop.store import RunDir, read_records
+    from reasonloop.loop.run import check_checkpoint
+    from reasonloop.loop.store import CorruptRunError, RunDir, read_records
     from reasonloop.models import load_model
     from reasonloop.tasks.registry import get_family
     from reasonloop.types import Task
@@ -121,7 +126,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks = make_heldout(family, tasks_cfg)
     else:
         tasks = read_records(rd.root / "heldout.parquet", Task)
-    model = load_model(cfg.model, rd.checkpoint(r))
+    try:
+        check_checkpoint(rd.checkpoint(r), cfg.model)
+        model = load_model(cfg.model, rd.checkpoint(r))
+    except (CorruptRunError, FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"round {r} checkpoint: {e}") from e
     m = evaluate(model, family, tasks, cfg.reasoner.max_new_tokens, args.samples, seed=cfg.seed)
     m.pop("tokens", None)
     if args.json:
@@ -153,7 +162,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # Each module defines `register(sub)`, which adds its subcommand with `set_defaults(fn=...)`; the
 # command's code lives beside what it shows, not here.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "reasonloop.report.html",
+    "reasonloop.report.inspect",
+    "reasonloop.serve",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,44 @@ class Section(BaseModel):
     )
 
 
+class LoRAConfig(Section):
+    """LoRA adapters (hf backend, through `peft`): the model's own weights stay frozen and only
+    low-rank adapters train (`models/hf.py`). Needs `pip install 'peft>=0.11'`.
+
+    A checkpoint holds the base weights (transformers' files) and the adapter
+    (`adapter_model.safetensors` + `adapter_config.json`) in one directory: `reasonloop` resumes,
+    evaluates and serves it, and plain `AutoModelForCausalLM.from_pretrained` loads base and
+    adapter together when `peft` is installed (without `peft` it silently loads the base alone;
+    `HFModel.export_merged` writes a stand-alone merged copy)."""
+
+    r: int = Field(8, gt=0)
+    """Rank of each adapter."""
+    alpha: int = Field(16, gt=0)
+    """Scaling numerator: the adapter's update is multiplied by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input (training only)."""
+    target_modules: str | list[str] = "all-linear"
+    """Which layers get an adapter: `all-linear` (every linear projection of the transformer
+    blocks, never the output head: q/k/v/o and gate/up/down in a Llama-style block), or a list
+    of module-name suffixes such as [q_proj, v_proj]."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train too: none, all of them, or those of the adapted layers."""
+    merge_on_save: bool = False
+    """False: the base weights are never touched (byte-identical in every checkpoint) and the
+    adapter carries all the training. True: every save folds the adapter into the base weights
+    (in memory too, so a resumed run continues from exactly what an uninterrupted one has) and
+    restarts it from zero (its B matrices; A is kept), as ReLoRA does: each checkpoint's base
+    weights are then the whole trained model, loadable without `peft`, and successive rounds
+    add up to more than rank r. In bfloat16 each fold rounds the update into bf16 weights."""
+
+
 class ModelConfig(Section):
     """Which model plays the modules, and its shape when it is built from scratch."""
 
-    backend: Literal["tiny", "hf"] = "tiny"
-    """`tiny`: the built-in character-level transformer; `hf`: any transformers causal LM."""
+    backend: Literal["tiny", "hf", "openai"] = "tiny"
+    """`tiny`: the built-in character-level transformer; `hf`: any transformers causal LM;
+    `openai`: generation only, from an OpenAI-compatible server (`base_url`, `model_name`), such
+    as `reasonloop serve` or vLLM; it cannot train or score (`models/openai.py`)."""
     dim: int = Field(128, gt=0)
     """Hidden size (tiny backend)."""
     n_layers: int = Field(4, gt=0)
@@ -52,7 +85,42 @@ class ModelConfig(Section):
     """hf backend: a local model directory (nothing can be downloaded at run time)."""
     hf_config: dict | None = None
     """hf backend: build a fresh model from this `transformers` config dict instead of `path`."""
+    lora: LoRAConfig | None = None
+    """hf backend: train LoRA adapters instead of every weight (`{}` takes the defaults; see
+    `LoRAConfig`); None trains the full model. A `path` that holds a LoRA checkpoint continues
+    its adapter when this is set, and is merged into full weights when it is not."""
+    gradient_checkpointing: bool = False
+    """hf backend: recompute each block's activations during backward instead of keeping them
+    (transformers' `gradient_checkpointing_enable`, non-reentrant): the same gradients for less
+    memory and about a third more compute per training step."""
+    chat_template: bool = False
+    """hf backend: send every prompt through the tokenizer's chat template as one user message
+    (generation, scoring and training alike; the tokenizer must have a template). Off by default:
+    the task families' prompts are raw text (the character tokenizer has no template)."""
+    base_url: str | None = None
+    """openai backend: the API root, e.g. `http://127.0.0.1:8000/v1` (required)."""
+    model_name: str | None = None
+    """openai backend: the `model` each request names (required; `GET /v1/models` lists them)."""
+    api_key_env: str | None = None
+    """openai backend: the NAME of the environment variable that holds the API key (never the key
+    itself: it stays out of configs, logs and run records); None sends no key."""
+    api: Literal["completions", "chat"] = "completions"
+    """openai backend: `completions` sends each prompt as is; `chat` sends it as one user
+    message (for chat-only models)."""
+    max_concurrency: int = Field(8, gt=0)
+    """openai backend: requests in flight at once."""
+    timeout_s: float = Field(60.0, gt=0)
+    """openai backend: seconds to wait for a connection and for each response."""
+    retries: int = Field(4, ge=0)
+    """openai backend: retries of a request that failed with 429, 5xx, a lost connection or a
+    timeout, with exponential backoff and jitter."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """hf backend: the weights' dtype (the tiny backend is float32 only). There is no autocast:
+    forwards run in this dtype, while losses and log-probabilities are computed from float32
+    logits. bfloat16 halves the memory and runs on CPU too (fast only where the CPU has bf16
+    instructions); LoRA adapters stay float32 over a bf16 base, but full fine-tuning keeps
+    AdamW's state and updates in bf16, where small updates round away: prefer float32 (or LoRA)
+    for full fine-tuning. float16 has no loss scaling here: for inference on GPUs."""
     device: str = "cpu"
     threads: int = Field(0, ge=0)
     """torch intra-op threads; 0 keeps torch's default (all cores)."""
@@ -63,6 +131,29 @@ class ModelConfig(Section):
         if math.isnan(v):
             raise ValueError("rope_theta must be a positive number or .inf (NoPE)")
         return v
+
+    @model_validator(mode="after")
+    def _openai(self) -> ModelConfig:
+        if self.backend == "openai" and not (self.base_url and self.model_name):
+            raise ValueError(
+                "backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and model_name"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hf_only(self) -> ModelConfig:
+        for name in ("lora", "gradient_checkpointing", "chat_template"):
+            if getattr(self, name) not in (None, False) and self.backend != "hf":
+                raise ValueError(
+                    f"model.{name} is an hf-backend option; backend {self.backend!r} cannot use "
+                    f"it (remove model.{name}, or set model.backend: hf)"
+                )
+        if self.chat_template and self.hf_config is not None:
+            raise ValueError(
+                "model.chat_template: a model built from hf_config has the character tokenizer, "
+                "which has no chat template (use a model.path whose tokenizer has one)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _abacus(self) -> ModelConfig:
@@ -219,16 +310,59 @@ class RLConfig(Section):
     """DAPO soft overlong penalty over the last this-many tokens of max_new_tokens (0: off)."""
 
 
+class PPOConfig(Section):
+    """PPO with a learned critic (algorithm `ppo`): per-token rewards, GAE advantages, the
+    clipped policy surrogate and the clipped value loss (`algorithms/ppo.py`).
+
+    A round's samples are the rollout batch; PPO's epochs over it and its minibatch size are
+    `train.epochs` (or `train.steps`, optimiser steps in all) and `train.batch_size`."""
+
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount per token; 1 carries the outcome reward to every token of the completion."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda: 0 is the one-step TD error (leans on the critic, low variance), 1 the
+    Monte-Carlo return minus the value (unbiased, noisier)."""
+    clip_low: float = Field(0.2, gt=0, lt=1)
+    """The ratio pi/pi_old is clipped below at 1 - clip_low."""
+    clip_high: float = Field(0.2, gt=0)
+    """... and above at 1 + clip_high."""
+    value_clip: float = Field(0.0, ge=0)
+    """PPO2's clipped value loss: a value may move at most this far from its old value within a
+    round (0: no clip, plain squared error). Off by default: a round is one rollout batch and a
+    fresh critic starts at 0, so a clip of 0.2 holds round 1's values near 0 while returns are
+    near the success rate (measured on the ppo preset: value loss 0.205 vs 0.061, explained
+    variance 0.0 vs 0.07 at the end of round 1)."""
+    critic_lr: float = Field(1e-4, gt=0)
+    """Peak learning rate of the critic's own AdamW (the schedule and clipping are `train`'s)."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Per-token penalty kl_beta * (log pi_old - log pi_ref) subtracted from the reward, pi_ref
+    the seed (round-0) model, as in RLHF PPO; 0 needs no reference."""
+    whiten_advantages: bool = True
+    """Normalise the advantages to mean 0, std 1 over the round's completion tokens."""
+    keep_critic: bool = True
+    """Carry the critic across rounds (`critic.safetensors` in each round's checkpoint, so a
+    resumed run continues with it); False: each round starts a fresh critic from its policy."""
+
+
 class StrategyConfig(Section):
     """How the Reasoner learns from what the round kept."""
 
     algorithm: Literal[
-        "star", "rft", "rest-em", "easy-to-hard", "iterative-dpo", "step-dpo", "grpo", "rloo"
+        "star",
+        "rft",
+        "rest-em",
+        "easy-to-hard",
+        "iterative-dpo",
+        "step-dpo",
+        "grpo",
+        "rloo",
+        "ppo",
     ] = "easy-to-hard"
     """The method this run implements; the preset of the same name sets the fields below.
     star, rft, rest-em, easy-to-hard: behaviour cloning on kept traces; iterative-dpo: DPO on
     (right, wrong) pairs of the same task; step-dpo: DPO on (right, first wrong) steps after a
-    shared prefix; grpo, rloo: policy gradient on the sampled groups."""
+    shared prefix; grpo, rloo: policy gradient on the sampled groups; ppo: PPO with a critic
+    on the sampled completions."""
     rationalize: bool = False
     """STaR: retry failed tasks with the gold answer as a hint; keep rationales that reach it."""
     retrain_from_base: bool = False
@@ -241,6 +375,39 @@ class StrategyConfig(Section):
     """Used when algorithm is iterative-dpo or step-dpo."""
     rl: RLConfig = Field(default_factory=RLConfig)
     """Used when algorithm is grpo or rloo."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """Used when algorithm is ppo."""
+
+
+class ClusterConfig(Section):
+    """Where generation runs: the solve phase's sampling and the held-out evaluation
+    (`loop/cluster.py`). Training stays in the loop's process.
+
+    Prompts are cut into fixed shards (`shard_size`), each sampled from its own seed, so every
+    `kind` and any number of `workers` make the same records; only `shard_size` changes them."""
+
+    kind: Literal["local", "ray"] = "local"
+    """`local`: the shards one after another in this process; `ray`: spread over Ray actors,
+    each holding a model replica that receives the new weights after every training phase
+    (`pip install reasonloop[ray]`)."""
+    address: str | None = None
+    """ray: an existing cluster to join (`auto`, `ray://head:10001`, as `ray.init` takes); None
+    starts a local one with `workers x cpus_per_worker` CPUs. Its nodes need reasonloop installed
+    (or ship it with `runtime_env`)."""
+    workers: int = Field(2, gt=0)
+    """ray: model replicas (actors)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """ray: CPUs each replica reserves; it runs `model.threads` torch threads, or this many
+    (at least 1) when `model.threads` is 0."""
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """ray: GPUs each replica reserves (with `model.device: cuda`)."""
+    runtime_env: dict = Field(default_factory=dict)
+    """ray: `runtime_env` for `ray.init` (e.g. `{py_modules: [...]}` or `{pip: [...]}` for a
+    remote cluster without reasonloop); empty: none."""
+    shard_size: int = Field(256, gt=0)
+    """Prompts per shard, rounded up to a whole number of decode batches
+    (`reasoner.batch_size // samples`); each shard is sampled from its own seed, so this, unlike
+    the other fields, changes the samples. Smaller shards spread a phase over more workers."""
 
 
 class RunConfig(Section):
@@ -265,6 +432,25 @@ class RunConfig(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     heldout_samples: int = Field(0, ge=0)
     """Besides greedy pass@1, sample this many per held-out task for maj@k and pass@k (0: off)."""
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """Where generation runs (in this process, or over Ray actors); may change when a run is
+    resumed, except `cluster.shard_size`."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    """Also send each finished round's metrics, under summary.json's names (`heldout.pass@1`,
+    `train.loss_last`, ...) with the round as the step, to these trackers. Each needs its package
+    (`pip install reasonloop[tracking]`). TensorBoard writes RUN/tensorboard; MLflow uses
+    $MLFLOW_TRACKING_URI, else RUN/mlflow.db (SQLite); W&B runs offline into RUN/wandb unless $WANDB_MODE or
+    $WANDB_API_KEY is set. Keys come from the environment only and are never written to the run.
+    May change when a run is resumed."""
+
+    @model_validator(mode="after")
+    def _cluster(self) -> RunConfig:
+        if self.cluster.kind == "ray" and self.model.backend == "openai":
+            raise ValueError(
+                "cluster.kind 'ray' spreads generation over model replicas; backend 'openai' "
+                "generates on its server (set cluster.kind: local)"
+            )
+        return self
 
     @property
     def uses_gold_after_seed(self) -> bool:

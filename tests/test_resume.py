@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +213,68 @@ def test_damaged_file_is_rebuilt_from_last_good_state(tmp_path, reference, damag
     assert name in p.stdout and ("redoing" in p.stdout or "writing it again" in p.stdout)
     assert _records(out) == _records(reference)
     assert _metrics(out) == _metrics(reference)
+
+
+def _kill_at_random(out: Path, rng: random.Random) -> tuple[str, int]:
+    """One attempt: either a fault point hit a random number of times, or a SIGKILL from outside
+    at a random moment after the imports (whatever the run is doing then)."""
+    if rng.random() < 0.5:
+        point, most = rng.choice([("solve", 4), ("train", 30), ("write", 8), ("checkpoint", 2)])
+        fault = f"{point}:{rng.randint(1, most)}"
+        return fault, _run(out, fault).returncode
+    env = {k: v for k, v in os.environ.items() if k != "REASONLOOP_FAULT"}
+    cmd = [sys.executable, "-m", "reasonloop.cli", "run", "--preset", "easy-to-hard"]
+    p = subprocess.Popen(
+        [*cmd, "--out", str(out), "--quiet", *SMALL],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert p.stdout is not None
+    p.stdout.readline()  # printed once the config is loaded and the loop imported
+    delay = rng.uniform(0.0, 1.5)
+    try:
+        p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    p.stdout.close()
+    return f"external kill after {delay:.2f} s", p.returncode
+
+
+def test_twenty_random_kills_each_resume(tmp_path, reference):
+    """20 kills at random moments (generation, training, record writing, checkpointing, or
+    whatever is running when an outside SIGKILL lands). After each kill the run is started
+    again; whenever it completes, its records must equal the uninterrupted run's."""
+    rng = random.Random(int(os.environ.get("REASONLOOP_KILL_SEED", "0")))
+    kills, runs, log = 0, 0, []
+    out = tmp_path / f"run{runs}"
+    while kills < 20:
+        what, rc = _kill_at_random(out, rng)
+        log.append(f"{out.name}: {what}: {'killed' if rc == -9 else f'exit {rc}'}")
+        assert rc in (0, -9), "\n".join(log)
+        if rc == -9:
+            kills += 1
+            continue
+        # The fault came too late to land: the run finished. It must be the reference run.
+        assert _records(out) == _records(reference), "\n".join(log)
+        assert _metrics(out) == _metrics(reference), "\n".join(log)
+        runs += 1
+        out = tmp_path / f"run{runs}"
+    p = _run(out)
+    assert p.returncode == 0, p.stderr
+    assert _records(out) == _records(reference), "\n".join(log)
+    assert _metrics(out) == _metrics(reference), "\n".join(log)
+    assert not list(out.rglob("*.tmp")) and not (out / "tmp").exists()
+    print("\n".join(log))
+
+
+def test_same_seed_twice_gives_identical_records(tmp_path, reference):
+    p = _run(tmp_path / "again")
+    assert p.returncode == 0, p.stderr
+    assert _records(tmp_path / "again") == _records(reference)
+    assert _metrics(tmp_path / "again") == _metrics(reference)
+    a = json.loads((reference / "summary.json").read_text())["rounds"]
+    b = json.loads((tmp_path / "again" / "summary.json").read_text())["rounds"]
+    assert [m["train"]["loss_last"] for m in a] == [m["train"]["loss_last"] for m in b]

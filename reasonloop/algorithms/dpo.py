@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from reasonloop import distributed
 from reasonloop.algorithms.logprobs import frozen_token_logps, sequence_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.algorithms.sft import batches, encode_example
@@ -142,10 +143,11 @@ def train_dpo(
             for step, idx in enumerate(order):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
-                both = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                both = [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows]
                 logps, counts = sequence_logps(model, both)
-                n = len(idx)
-                sel = torch.tensor(idx, device=ref_chosen.device)
+                n = len(rows)
+                sel = torch.tensor(rows, device=ref_chosen.device)
                 loss, rc, rr = dpo_loss(
                     logps[:n],
                     logps[n:],
@@ -159,12 +161,20 @@ def train_dpo(
                 )
                 if rpo_alpha:
                     loss = loss + rpo_alpha * (-logps[:n] / counts[:n].clamp(min=1)).mean()
+                margin, accuracy = (rc - rr).mean().item(), (rc > rr).float().mean().item()
+                if distributed.active():
+                    # Means over the rank's pairs -> its share of the means over the batch's.
+                    w = distributed.weight(idx)
+                    loss, margin, accuracy = loss * w, margin * w, accuracy * w
                 loss.backward()
+                value, margin, accuracy = distributed.sync_grads(
+                    module.parameters(), [loss.item(), margin, accuracy]
+                )
                 clip_and_step(opt, cfg)
-                stats["margins"].append((rc - rr).mean().item())
-                stats["accuracies"].append((rc > rr).float().mean().item())
-                tokens = sum(len(ids) - 1 for ids, _ in both)
-                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
+                stats["margins"].append(margin)
+                stats["accuracies"].append(accuracy)
+                tokens = sum(len(ids) - 1 for i in idx for ids, _ in encoded[i])
+                record_step(stats, step, value, tokens, t0, lr, on_step)
     finally:
         module.train(was_training)
     return stats

@@ -8,6 +8,10 @@ With one pass (`epochs` 1) every step after the first is slightly off-policy, wh
 ratio accounts for. Old log-probs are taken at temperature 1 while the samples may have been
 drawn at another temperature; as in most GRPO implementations at T=1, set the Reasoner's
 temperature to 1.0 for exact on-policy ratios.
+
+`train_ppo` is PPO on the same rollouts, with a learned critic (`value_head.Critic`) in place of
+the group baseline: per-token rewards and GAE advantages (`ppo.py`), then minibatch steps on the
+clipped surrogate (token mean) and the clipped value loss, each network on its own optimiser.
 """
 
 from __future__ import annotations
@@ -20,17 +24,29 @@ from dataclasses import dataclass
 
 import torch
 
+from reasonloop import distributed
 from reasonloop.algorithms.grpo import (
     group_advantages,
     grpo_loss,
+    k3_kl,
     overlong_penalty,
     rloo_advantages,
     varied_groups,
 )
 from reasonloop.algorithms.logprobs import frozen_token_logps, token_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
+from reasonloop.algorithms.ppo import (
+    explained_variance,
+    gae,
+    masked_mean,
+    old_policy_kl,
+    token_rewards,
+    value_loss,
+    whiten,
+)
 from reasonloop.algorithms.sft import batches, encode_example
-from reasonloop.config import RLConfig, TrainConfig
+from reasonloop.algorithms.value_head import Critic, frozen_values
+from reasonloop.config import PPOConfig, RLConfig, TrainConfig
 from reasonloop.models.base import LanguageModel
 from reasonloop.types import Judgement, SFTExample, Task, Trace
 
@@ -152,10 +168,11 @@ def train_policy_gradient(
             for step, idx in enumerate(order):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
-                logps, mask = token_logps(model, [seqs[i] for i in idx])
-                old_b = _pad([old[i] for i in idx], mask)
-                ref_b = _pad([ref[i] for i in idx], mask) if ref is not None else None
-                a = torch.tensor([adv[i] for i in idx], dtype=logps.dtype, device=logps.device)
+                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                logps, mask = token_logps(model, [seqs[i] for i in rows])
+                old_b = _pad([old[i] for i in rows], mask)
+                ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
+                a = torch.tensor([adv[i] for i in rows], dtype=logps.dtype, device=logps.device)
                 loss, s = grpo_loss(
                     logps,
                     a,
@@ -168,15 +185,197 @@ def train_policy_gradient(
                     aggregation=rl.aggregation,
                     max_tokens=max_new_tokens,
                 )
+                kl, clipped = s["kl"], s["clip_fraction"]
+                if distributed.active():
+                    # kl and clip_fraction are token means; the loss is a token mean (`token`)
+                    # or a mean over completions (`sequence`, and `fixed` with its fixed length).
+                    tok = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
+                    row = tok if rl.aggregation == "token" else distributed.weight(idx)
+                    loss, kl, clipped = loss * row, kl * tok, clipped * tok
                 loss.backward()
+                value, kl, clipped = distributed.sync_grads(
+                    module.parameters(), [loss.item(), kl, clipped]
+                )
                 clip_and_step(opt, cfg)
-                stats["kl"].append(s["kl"])
-                stats["clip_fraction"].append(s["clip_fraction"])
+                stats["kl"].append(kl)
+                stats["clip_fraction"].append(clipped)
                 tokens = sum(len(seqs[i][0]) - 1 for i in idx)
-                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
+                record_step(stats, step, value, tokens, t0, lr, on_step)
     finally:
         module.train(was_training)
     return stats
+
+
+def train_ppo(
+    model: LanguageModel,
+    critic: Critic,
+    groups: list[Group],
+    cfg: TrainConfig,
+    ppo: PPOConfig,
+    seed: int,
+    reference: LanguageModel | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train the policy `model` and its `critic` in place on the groups' completions (every
+    completion, groups of equal rewards too: the critic, not the group, is the baseline).
+
+    Rollout targets are computed once, before any update: old log-probs, old values, reference
+    log-probs (kl_beta > 0), per-token rewards, GAE advantages (whitened) and returns. Then
+    `cfg.steps` (or `cfg.epochs` passes of) minibatches of `cfg.batch_size` completions, each
+    step one AdamW step of the policy on the clipped surrogate and one of the critic on the
+    clipped value loss (lr `ppo.critic_lr`, train's schedule). Returns per-step curves: losses
+    (policy), value_loss, explained_variance, clip_fraction, approx_kl (to the rollout policy),
+    kl (to the reference; 0 without one); and reward_mean, groups, groups_kept."""
+    stats: dict = {
+        "steps": 0,
+        "seconds": 0.0,
+        "tokens": 0,
+        "tokens_per_s": 0.0,
+        "losses": [],
+        "value_loss": [],
+        "explained_variance": [],
+        "clip_fraction": [],
+        "approx_kl": [],
+        "kl": [],
+        "reward_mean": 0.0,
+        "groups": len(groups),
+        "groups_kept": len(groups),
+    }
+    if not groups:
+        return stats
+    if ppo.kl_beta and reference is None:
+        raise ValueError("strategy.ppo.kl_beta > 0 needs a reference model")
+    tok = model.tokenizer
+    seqs = [
+        encode_example(tok, SFTExample(prompt=g.prompt, completion=c, task_id=g.task_id))
+        for g in groups
+        for c in g.completions
+    ]
+    outcome = [r for g in groups for r in g.rewards]
+    stats["reward_mean"] = sum(outcome) / len(outcome)
+    old = frozen_token_logps(model, seqs)
+    ref = frozen_token_logps(reference, seqs) if ppo.kl_beta and reference is not None else None
+    old_values = frozen_values(critic, seqs)
+    adv, returns = _ppo_targets(old, old_values, outcome, ref, ppo)
+
+    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
+    critic_cfg = cfg.model_copy(update={"lr": ppo.critic_lr})
+    opt, critic_opt = adamw(model.module, cfg), adamw(critic.module, critic_cfg)
+    rng = random.Random(seed)
+    modes = model.module.training, critic.module.training
+    model.module.train()
+    critic.module.train()
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
+            for step, idx in enumerate(order):
+                lr = lr_at(step, total, cfg)
+                set_lr(opt, lr)
+                set_lr(critic_opt, lr_at(step, total, critic_cfg))
+                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                batch = [seqs[i] for i in rows]
+                logps, mask = token_logps(model, batch)
+                values, _ = critic.values(batch)
+                old_b = _pad([old[i] for i in rows], mask)
+                policy_loss, s = grpo_loss(
+                    logps,
+                    _pad([adv[i] for i in rows], mask),
+                    mask,
+                    old_logps=old_b,
+                    eps_low=ppo.clip_low,
+                    eps_high=ppo.clip_high,
+                    aggregation="token",
+                )
+                returns_b = _pad([returns[i] for i in rows], mask)
+                v_loss = value_loss(
+                    values,
+                    _pad([old_values[i] for i in rows], mask),
+                    returns_b,
+                    mask,
+                    ppo.value_clip or None,
+                )
+                with torch.no_grad():
+                    approx_kl = float(old_policy_kl(logps, old_b, mask))
+                    kl = 0.0
+                    if ref is not None:
+                        ref_b = _pad([ref[i] for i in rows], mask)
+                        kl = float(masked_mean(k3_kl(logps, ref_b), mask))
+                    ev = explained_variance(values.detach(), returns_b, mask)
+                curves = [policy_loss.item(), v_loss.item(), approx_kl, kl, s["clip_fraction"]]
+                if distributed.active():
+                    # The losses and curves are means over the batch's completion tokens; the
+                    # explained variance comes from the token sums of every rank.
+                    w = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
+                    policy_loss, v_loss = policy_loss * w, v_loss * w
+                    curves = [c * w for c in curves] + _variance_sums(values, returns_b, mask)
+                # Separate networks, separate graphs: one backward fills both sets of gradients.
+                (policy_loss + v_loss).backward()
+                curves = distributed.sync_grads(
+                    [*model.module.parameters(), *critic.module.parameters()], curves
+                )
+                clip_and_step(opt, cfg)
+                clip_and_step(critic_opt, critic_cfg)
+                if distributed.active():
+                    ev = _explained_variance_of_sums(curves[5:])
+                p_loss, v_value, approx_kl, kl, clipped = curves[:5]
+                stats["approx_kl"].append(approx_kl)
+                stats["kl"].append(kl)
+                stats["explained_variance"].append(ev)
+                stats["value_loss"].append(v_value)
+                stats["clip_fraction"].append(clipped)
+                tokens = sum(len(seqs[i][0]) - 1 for i in idx)
+                record_step(stats, step, p_loss, tokens, t0, lr, on_step)
+    finally:
+        model.module.train(modes[0])
+        critic.module.train(modes[1])
+    return stats
+
+
+def _ppo_targets(
+    old: list[torch.Tensor],
+    old_values: list[torch.Tensor],
+    outcome: list[float],
+    ref: list[torch.Tensor] | None,
+    ppo: PPOConfig,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-completion advantages and returns (1-D, one value per completion token) of the whole
+    rollout batch, so whitening sees every token of the round, not one minibatch."""
+    lengths = torch.tensor([len(x) for x in old])
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]
+
+    def stack(rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.nn.utils.rnn.pad_sequence([x.float().cpu() for x in rows], batch_first=True)
+
+    logps, values = stack(old), stack(old_values)
+    kl = logps - stack(ref) if ref is not None else None
+    rewards = token_rewards(torch.tensor(outcome), mask, kl, ppo.kl_beta)
+    adv, returns = gae(rewards, values, mask, ppo.gamma, ppo.lam)
+    if ppo.whiten_advantages:
+        adv = whiten(adv, mask)
+    rows = range(len(old))
+    return [adv[i][mask[i]] for i in rows], [returns[i][mask[i]] for i in rows]
+
+
+def _variance_sums(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """[n, sum R, sum R^2, sum D, sum D^2] over the valid tokens, D = R - V: what the ranks add
+    up so that `explained_variance` covers the whole batch, not one rank's part of it."""
+    m = mask.double()
+    r, d = returns.double() * m, (returns.double() - values.detach().double()) * m
+    return [float(x) for x in (m.sum(), r.sum(), (r * r).sum(), d.sum(), (d * d).sum())]
+
+
+def _explained_variance_of_sums(sums: list[float]) -> float:
+    """`ppo.explained_variance` from `_variance_sums` added over the ranks."""
+    n, r, r2, d, d2 = sums
+    if n < 2:
+        return 0.0
+    var_r = (r2 - r * r / n) / (n - 1)
+    # Equal returns leave rounding, not variance, in sum R^2 - (sum R)^2 / n.
+    if var_r <= 1e-12 * r2 / n:
+        return 0.0
+    return 1.0 - (d2 - d * d / n) / (n - 1) / var_r
 
 
 def _pad(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:

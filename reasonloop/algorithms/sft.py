@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from reasonloop import distributed
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.config import TrainConfig
 from reasonloop.models.base import LanguageModel, Tokenizer
@@ -36,10 +37,14 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
 
 def encode_example(tokenizer: Tokenizer, ex: SFTExample) -> tuple[list[int], int]:
     """(token ids, prompt length) of [bos] + prompt + completion + "\\n"."""
-    prompt = tokenizer.encode(ex.prompt)
-    bos = getattr(tokenizer, "bos_id", None)
-    if bos is not None and (not prompt or prompt[0] != bos):
-        prompt = [bos, *prompt]
+    if getattr(tokenizer, "chat", False):
+        # the hf backend's chat template (`model.chat_template`): train on what generation sees
+        prompt = tokenizer.encode_prompt(ex.prompt)  # type: ignore[attr-defined]
+    else:
+        prompt = tokenizer.encode(ex.prompt)
+        bos = getattr(tokenizer, "bos_id", None)
+        if bos is not None and (not prompt or prompt[0] != bos):
+            prompt = [bos, *prompt]
     completion = ex.completion if ex.completion.endswith("\n") else ex.completion + "\n"
     return prompt + tokenizer.encode(completion), len(prompt)
 
@@ -135,15 +140,22 @@ def train_sft(
             ):
                 lr = lr_at(step, total, cfg)
                 set_lr(opt, lr)
+                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
                 inputs, labels, mask, attn = collate(
-                    [seqs[i] for i in idx], model.tokenizer.pad_id, device
+                    [seqs[i] for i in rows], model.tokenizer.pad_id, device
                 )
                 loss = sft_loss(model.forward(inputs, attn), labels, mask)
+                if distributed.active():  # the rank's share of the token mean over the batch
+                    loss = loss * distributed.weight(idx, lambda i: lengths[i] - seqs[i][1])
                 loss.backward()
+                (value,) = distributed.sync_grads(module.parameters(), [loss.item()])
                 clip_and_step(opt, cfg)
                 tokens = sum(lengths[i] - 1 for i in idx)
-                record_step(stats, step, loss.item(), tokens, t0, lr, on_step)
-                if max_seconds is not None and stats["seconds"] >= max_seconds:
+                record_step(stats, step, value, tokens, t0, lr, on_step)
+                # Each rank reads its own clock; all stop when any is over.
+                if max_seconds is not None and distributed.any_rank(
+                    stats["seconds"] >= max_seconds
+                ):
                     break
     finally:
         module.train(was_training)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from reasonloop.config import TasksConfig
 from reasonloop.evaluator.consensus import majority_vote
 from reasonloop.models.base import LanguageModel, Sampling
+from reasonloop.models.rollouts import Rollouts, as_rollouts
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
@@ -46,7 +47,7 @@ def _overall(correct: dict[int, list[bool]]) -> float:
 
 
 def evaluate(
-    model: LanguageModel,
+    model: LanguageModel | Rollouts,
     family: Family,
     tasks: list[Task],
     max_new_tokens: int,
@@ -54,32 +55,27 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 512,
 ) -> dict:
+    """Held-out metrics of `model`, generating in this process, or over workers when given
+    `Rollouts` (the same figures either way)."""
+    gen = as_rollouts(model)
+    prompts = [t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
     p1: dict[int, list[bool]] = defaultdict(list)
     majk: dict[int, list[bool]] = defaultdict(list)
     passk: dict[int, list[bool]] = defaultdict(list)
     tokens = 0
-    per_call = max(1, batch_size // max(1, samples))
-    for i in range(0, len(tasks), batch_size):
-        chunk = tasks[i : i + batch_size]
-        for t, comps in zip(
-            chunk, model.generate([t.prompt for t in chunk], 1, greedy), strict=True
-        ):
-            tokens += comps[0].n_tokens
-            p1[t.difficulty].append(family.verify(t, family.parse(comps[0].text)[1]) == 1.0)
+    for t, comps in zip(tasks, gen.generate(prompts, 1, greedy, batch_size), strict=True):
+        tokens += comps[0].n_tokens
+        p1[t.difficulty].append(family.verify(t, family.parse(comps[0].text)[1]) == 1.0)
     if samples > 0:
-        for i in range(0, len(tasks), per_call):
-            chunk = tasks[i : i + per_call]
-            s = Sampling(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed * 7919 + i)
-            for t, comps in zip(
-                chunk, model.generate([t.prompt for t in chunk], samples, s), strict=True
-            ):
-                tokens += sum(c.n_tokens for c in comps)
-                answers = [family.parse(c.text)[1] for c in comps]
-                oks = [family.verify(t, a) == 1.0 for a in answers]
-                winner, _ = majority_vote(answers)
-                majk[t.difficulty].append(family.verify(t, winner) == 1.0)
-                passk[t.difficulty].append(any(oks))
+        s = Sampling(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
+        for t, comps in zip(tasks, gen.generate(prompts, samples, s, batch_size), strict=True):
+            tokens += sum(c.n_tokens for c in comps)
+            answers = [family.parse(c.text)[1] for c in comps]
+            oks = [family.verify(t, a) == 1.0 for a in answers]
+            winner, _ = majority_vote(answers)
+            majk[t.difficulty].append(family.verify(t, winner) == 1.0)
+            passk[t.difficulty].append(any(oks))
     out = {"pass@1": _overall(p1), "by_level": _rates(p1), "tokens": tokens}
     if samples > 0:
         out |= {

@@ -8,6 +8,7 @@ same derived seed, so a resumed run writes the same records as one never interru
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sys
@@ -22,16 +23,24 @@ import yaml
 from safetensors import safe_open
 from tqdm import tqdm
 
+from reasonloop import distributed
 from reasonloop.algorithms.behaviour_cloning import balance_levels, sft_examples, with_hinted_copies
 from reasonloop.algorithms.dpo import preference_pairs, train_dpo
-from reasonloop.algorithms.policy_gradient import groups_from_round, train_policy_gradient
+from reasonloop.algorithms.policy_gradient import (
+    groups_from_round,
+    train_policy_gradient,
+    train_ppo,
+)
 from reasonloop.algorithms.sft import train_sft
 from reasonloop.algorithms.step_dpo import step_pairs
-from reasonloop.config import RunConfig, TrainConfig, validate
+from reasonloop.algorithms.value_head import CRITIC_FILE, Critic
+from reasonloop.config import ConfigError, ModelConfig, RunConfig, TrainConfig, validate
 from reasonloop.evaluator.consensus import judge_consensus
 from reasonloop.evaluator.gold import judge_gold
 from reasonloop.loop import faults
+from reasonloop.loop.cluster import open_rollouts
 from reasonloop.loop.heldout import evaluate, make_heldout
+from reasonloop.loop.resources import resources
 from reasonloop.loop.store import (
     CorruptRunError,
     RunDir,
@@ -43,9 +52,11 @@ from reasonloop.loop.store import (
 )
 from reasonloop.models import build_model, load_model
 from reasonloop.models.base import LanguageModel
+from reasonloop.models.rollouts import Rollouts
 from reasonloop.postprocess.filter import process
 from reasonloop.reasoner.solve import reference_traces, solve
 from reasonloop.report.summary import write_summary
+from reasonloop.report.tracking import PACKAGES, Tracker, flatten, missing, open_trackers
 from reasonloop.tasks import creator
 from reasonloop.tasks.base import Family
 from reasonloop.tasks.registry import get_family
@@ -54,6 +65,8 @@ from reasonloop.types import Decision, Judgement, PreferencePair, SFTExample, Ta
 PHASES = ("propose", "solve", "process", "train", "eval")
 PREFERENCE = ("iterative-dpo", "step-dpo")
 POLICY_GRADIENT = ("grpo", "rloo")
+PPO_CURVES = ("value_loss", "explained_variance", "approx_kl")
+"""PPO's per-step curves besides the policy loss, kl and clip_fraction (summary: `<name>_last`)."""
 
 
 class RunMismatchError(RuntimeError):
@@ -96,6 +109,22 @@ class Bar:
         )
 
 
+def _track(rd: RunDir, manifest: dict, r: int, trackers: dict[str, Tracker]) -> None:
+    """Send a finished round to each tracker that has not had it (a tracker may be added when a
+    run is resumed; one killed after sending but before the manifest says so sends it twice,
+    at the same step, which trackers show as one point)."""
+    state = manifest["rounds"][str(r)]
+    todo = [n for n in trackers if n not in state.get("tracked", [])]
+    if not todo:
+        return
+    metrics = flatten(json.loads((rd.round_dir(r) / "metrics.json").read_text()))
+    metrics.pop("round", None)
+    for name in todo:
+        trackers[name].log(metrics, step=r)
+    state["tracked"] = sorted(set(state.get("tracked", [])) | set(todo))
+    rd.write_manifest(manifest)
+
+
 def _check_config(rd: RunDir, cfg: RunConfig) -> None:
     path = rd.root / "config.yaml"
     new = cfg.model_dump(mode="json")
@@ -108,8 +137,14 @@ def _check_config(rd: RunDir, cfg: RunConfig) -> None:
             raise RunMismatchError(
                 f"{path}: cannot read the config of the run in this directory ({e})"
             ) from e
-        # More rounds may be asked of a finished run; anything else would mix two runs.
-        old.pop("rounds"), new.pop("rounds")
+        # More rounds may be asked of a finished run, and trackers changed; anything else would
+        # mix two runs.
+        for key in ("rounds", "report_to"):
+            old.pop(key, None)
+            new.pop(key, None)
+        # Where generation runs does not change what it makes; the shard size does.
+        for c in (old, new):
+            c["cluster"] = {"shard_size": c.get("cluster", {}).get("shard_size")}
         if old != new:
             diffs = _diff(old, new)
             raise RunMismatchError(
@@ -129,17 +164,96 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"`{prefix[:-1]}`: {a!r} in the run, {b!r} now"]
 
 
-def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) -> dict[str, Any]:
-    """Run (or resume) the loop in `out`; returns the summary (also written to summary.json)."""
+def _preflight(cfg: RunConfig) -> tuple[Family, list[Task]]:
+    """Everything the config names must exist and parse before the run directory is touched,
+    so a bad task file or model path leaves nothing half-written behind."""
+    try:
+        family = get_family(cfg.tasks.family, **cfg.tasks.options)
+        heldout = make_heldout(family, cfg.tasks)
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"tasks.family {cfg.tasks.family!r}: {e}") from e
+    if absent := missing(cfg.report_to):
+        raise ConfigError(
+            f"report_to {absent}: not installed; `pip install {' '.join(PACKAGES[n] for n in absent)}` "
+            "(or `pip install reasonloop[tracking]`), or remove them from report_to"
+        )
+    m = cfg.model
+    if m.backend == "hf" and m.path is not None and m.hf_config is None:
+        path = Path(m.path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model.path {m.path!r}: expected a local transformers model directory with "
+                "config.json and *.safetensors weights (nothing can be downloaded)"
+            )
+        if not list(path.glob("*.safetensors")):
+            raise ConfigError(
+                f"model.path {m.path!r}: no *.safetensors weights; reasonloop loads no pickled "
+                "checkpoints (convert with `save_pretrained(..., safe_serialization=True)`)"
+            )
+    if m.lora is not None and importlib.util.find_spec("peft") is None:
+        raise ConfigError(
+            "model.lora needs the `peft` package: pip install 'peft>=0.11' (or reasonloop[hf]), "
+            "or remove model.lora"
+        )
+    return family, heldout
+
+
+def run(
+    cfg: RunConfig,
+    out: str | Path,
+    show_progress: bool = True,
+    log=print,
+    rollouts: Rollouts | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the loop in `out`; returns the summary (also written to summary.json).
+
+    Generation runs where `cfg.cluster` says, or on `rollouts` when given (the caller keeps and
+    closes them: their `stats()` tell which workers did the work).
+
+    Under torchrun, rank 0 runs the loop and writes every file; the other ranks train each round
+    alongside it (data parallel) and write nothing."""
+    with distributed.process_group(cfg.model.device):
+        if not distributed.is_main():
+            return _follow(cfg, RunDir(out))
+        summary = _run(cfg, out, show_progress, log, rollouts)
+        distributed.send_order(("done", summary))
+        return summary
+
+
+def _follow(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    """A rank other than 0: at each of rank 0's train phases, read the round's records from the
+    files rank 0 wrote (the run directory must be on a filesystem every rank sees), start from
+    rank 0's weights and train its part of every batch. Returns rank 0's summary."""
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    model: LanguageModel | None = None
+    while True:
+        kind, payload = distributed.receive_order()
+        if kind == "done":
+            return payload
+        r = payload
+        if model is None:  # only its architecture matters: the weights come from rank 0
+            model = build_model(cfg.model, cfg.seed)
+        distributed.broadcast_module(model.module)
+        rnd = _load_round(rd, r, {"phases": dict.fromkeys(("propose", "solve", "process"))})
+        by_id = {t.id: t for t in rnd.tasks}
+        _train(cfg, rd, r, rnd, by_id, model, cfg.seed_train if r == 0 else cfg.train, None)
+
+
+def _run(
+    cfg: RunConfig, out: str | Path, show_progress: bool, log, rollouts: Rollouts | None
+) -> dict[str, Any]:
+    family, heldout = _preflight(cfg)
+    # Opened before the run directory is touched (a missing `ray` is a config error); a cluster
+    # starts only when the first generation needs it.
+    gen = rollouts if rollouts is not None else open_rollouts(cfg.cluster, cfg.model)
     rd = RunDir(out)
     rd.root.mkdir(parents=True, exist_ok=True)
     _check_config(rd, cfg)
     rd.clear_tmp()
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    family = get_family(cfg.tasks.family, **cfg.tasks.options)
     heldout_path = rd.root / "heldout.parquet"
-    heldout = make_heldout(family, cfg.tasks)
     try:
         # The held-out set is a pure function of the config; a damaged copy is simply re-made.
         if read_records(heldout_path, Task) != heldout:
@@ -150,14 +264,29 @@ def run(cfg: RunConfig, out: str | Path, show_progress: bool = True, log=print) 
         write_records(heldout_path, heldout, Task)
     bar = Bar(show_progress and sys.stderr.isatty())
     manifest = rd.manifest() or {"rounds": {}}
-    _check_files(rd, manifest, log)
+    _check_files(rd, manifest, cfg.model, log)
     model: LanguageModel | None = None
-    for r in range(cfg.rounds + 1):
-        state = manifest["rounds"].setdefault(str(r), {"phases": {}, "done": False})
-        if state["done"]:
-            model = None  # reloaded from the checkpoint when a later round needs it
-            continue
-        model = _run_round(r, cfg, rd, family, heldout, manifest, model, bar, log)
+    trackers = {
+        n: t
+        for n, t in zip(
+            cfg.report_to,
+            open_trackers(cfg.report_to, rd.root, cfg.model_dump(mode="json")),
+            strict=True,
+        )
+    }
+    try:
+        for r in range(cfg.rounds + 1):
+            state = manifest["rounds"].setdefault(str(r), {"phases": {}, "done": False})
+            if state["done"]:
+                model = None  # reloaded from the checkpoint when a later round needs it
+            else:
+                model = _run_round(r, cfg, rd, family, heldout, manifest, model, gen, bar, log)
+            _track(rd, manifest, r, trackers)
+    finally:
+        for t in trackers.values():
+            t.close()
+        if rollouts is None:
+            gen.close()
     summary = write_summary(rd, cfg, manifest)
     rd.clear_tmp()
     return summary
@@ -174,7 +303,7 @@ PHASE_FILES = {
 }
 
 
-def _check_files(rd: RunDir, manifest: dict, log) -> None:
+def _check_files(rd: RunDir, manifest: dict, model: ModelConfig, log) -> None:
     """Read back every finished phase's files. The first one missing or damaged (a disk fault, a
     file edited by hand) sends the run back to the last good state: that phase and everything
     after it, in its round and in later rounds, is redone; the message says which file."""
@@ -188,7 +317,7 @@ def _check_files(rd: RunDir, manifest: dict, log) -> None:
                 for name, cls in PHASE_FILES.get(phase, ()):
                     read_records(rd.round_dir(r) / name, cls)
                 if phase == "train":
-                    _check_checkpoint(rd.checkpoint(r))
+                    check_checkpoint(rd.checkpoint(r), model)
                 if phase == "eval":
                     path = rd.round_dir(r) / "metrics.json"
                     try:
@@ -207,10 +336,40 @@ def _check_files(rd: RunDir, manifest: dict, log) -> None:
                 return
 
 
-def _check_checkpoint(path: Path) -> None:
-    """A checkpoint has its config and complete safetensors files (the header covers the file)."""
+# What fixes a tiny checkpoint's tensors; the other model fields (threads, device) may change.
+_ARCHITECTURE = ("dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len", "rope_theta", "abacus")
+
+
+def check_checkpoint(path: Path, model: ModelConfig) -> None:
+    """A checkpoint has its config and complete safetensors files (the header covers the file),
+    and, for the tiny backend, the architecture the run's config asks for: a foreign checkpoint
+    is refused, not overwritten, since it is not damage that redoing the round would repair."""
     if not (path / "config.json").exists():
         raise CorruptRunError(f"{path}: checkpoint missing")
+    if model.backend == "tiny":
+        try:
+            saved = json.loads((path / "config.json").read_text())["model"]
+            ModelConfig.model_validate(saved)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptRunError(f"{path / 'config.json'}: unreadable ({e})") from e
+        want = model.model_dump()
+        got = ModelConfig.model_validate(saved).model_dump()
+        diffs = [
+            f"{k} {got[k]} there, {want[k]} in the config"
+            for k in _ARCHITECTURE
+            if got[k] != want[k]
+        ]
+        if diffs:
+            raise RunMismatchError(
+                f"{path}: this checkpoint does not match the run's model config ({'; '.join(diffs)}); "
+                "restore the run's own checkpoint or use another --out"
+            )
+    if model.lora is not None:
+        from reasonloop.models.hf import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            if not (path / name).is_file():
+                raise CorruptRunError(f"{path / name}: missing (a LoRA checkpoint's adapter)")
     files = list(path.glob("*.safetensors"))
     if not files:
         raise CorruptRunError(f"{path}: no safetensors weights")
@@ -252,6 +411,7 @@ def _run_round(
     heldout: list[Task],
     manifest: dict,
     model: LanguageModel | None,
+    gen: Rollouts,
     bar: Bar,
     log,
 ) -> LanguageModel:
@@ -310,9 +470,12 @@ def _run_round(
             judgements = judge_gold(family, by_id, traces, r)
         else:
             seed = phase_seed(cfg.seed, r, "solve")
+            assert model is not None
+            # The round samples from the previous round's weights (replicas get them once).
+            gen.sync(model, str(rd.checkpoint(r - 1)))
             with bar(f"round {r} solve", len(rnd.tasks), "task") as pb:
                 traces = solve(
-                    model,
+                    gen,
                     family,
                     rnd.tasks,
                     cfg.reasoner,
@@ -332,7 +495,7 @@ def _run_round(
                 failed = [t for t in rnd.tasks if t.id not in solved and t.answer is not None]
                 with bar(f"round {r} rationalise", len(failed), "task") as pb:
                     hinted = solve(
-                        model,
+                        gen,
                         family,
                         failed,
                         cfg.reasoner,
@@ -389,11 +552,17 @@ def _run_round(
             model = load_model(cfg.model, rd.checkpoint(0))
         assert model is not None
         tcfg = cfg.seed_train if r == 0 else cfg.train
+        # Under torchrun the other ranks train this round too (`_follow`), from these weights.
+        distributed.send_order(("train", r))
+        distributed.broadcast_module(model.module)
         # Epoch-based phases learn their step count from the data (None: a bar without a total).
         with bar(f"round {r} train", tcfg.steps, "step") as pb:
             stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
+        critic = stats.pop("critic", None)  # PPO's, when it carries over to the next round
         tmp = rd.tmp_dir() / "ckpt"
         model.save(tmp)
+        if critic is not None:
+            critic.save(tmp / CRITIC_FILE)
         atomic_replace_dir(tmp, rd.checkpoint(r))
         faults.hit("checkpoint")
         losses = stats.get("losses", [])
@@ -408,7 +577,7 @@ def _run_round(
             "losses": [round(x, 5) for x in losses],
         }
         # Per-step curves of the preference and RL trainers (reward margin, KL, clipping).
-        for key in ("margins", "accuracies", "kl", "clip_fraction"):
+        for key in ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES):
             if key in stats:
                 info[key] = [round(x, 5) for x in stats[key]]
         for key in ("reward_mean", "groups", "groups_kept"):
@@ -421,8 +590,9 @@ def _run_round(
     # -- evaluate on the held-out set ----------------------------------------------------------
     if "eval" not in phases:
         t0 = time.perf_counter()
+        gen.sync(model, str(rd.checkpoint(r)))
         metrics = evaluate(
-            model,
+            gen,
             family,
             heldout,
             cfg.reasoner.max_new_tokens,
@@ -436,7 +606,12 @@ def _run_round(
             nxt = cfg.creator.start_level if cfg.creator.start_level is not None else frontier + 1
         else:
             nxt = creator.next_frontier(frontier, success, cfg.creator, family)
-        info = {"seconds": time.perf_counter() - t0, "heldout": metrics, "next_frontier": nxt}
+        info = {
+            "seconds": time.perf_counter() - t0,
+            "heldout": metrics,
+            "next_frontier": nxt,
+            "resources": resources(),
+        }
         atomic_write_json(
             d / "metrics.json", _round_metrics(cfg, r, phases | {"eval": info}, label_free)
         )
@@ -550,6 +725,17 @@ def _train(
             on_step,
         )
         return stats | {"examples": sum(len(g.completions) for g in groups)}
+    if r > 0 and algorithm == "ppo":
+        ppo = cfg.strategy.ppo
+        groups = groups_from_round(by_id, rnd.traces, rnd.judgements)
+        # The critic carries over in the previous checkpoint; the seed (round 0) has none.
+        saved = rd.checkpoint(r - 1) / CRITIC_FILE
+        carried = ppo.keep_critic and saved.exists()
+        critic = Critic.load(saved, model) if carried else Critic.from_policy(model)
+        reference = load_model(cfg.model, rd.checkpoint(0)) if ppo.kl_beta else None
+        stats = train_ppo(model, critic, groups, tcfg, ppo, seed, reference, on_step)
+        examples = sum(len(g.completions) for g in groups)
+        return stats | {"examples": examples, "critic": critic if ppo.keep_critic else None}
     data = _training_set(rd, cfg, r, rnd)
     return train_sft(model, data, tcfg, seed, on_step=on_step) | {"examples": len(data)}
 
@@ -585,6 +771,7 @@ def _round_metrics(
             "generation": gen_tokens / gen_seconds if gen_seconds > 0 and gen_tokens else 0.0,
             "training": phases["train"].get("tokens_per_s", 0.0),
         },
+        "resources": phases["eval"].get("resources", {}),
         "frontier": phases["propose"]["frontier"],
         "levels": phases["propose"]["levels"],
         "next_frontier": phases["eval"]["next_frontier"],
@@ -614,7 +801,7 @@ def _round_metrics(
             )
             if k in phases["train"]
         }
-        | _last_of(phases["train"], ("margins", "accuracies", "kl", "clip_fraction")),
+        | _last_of(phases["train"], ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES)),
         "gold_labels_in_training": r == 0 or not label_free,
     }
 

@@ -9,7 +9,12 @@ from reasonloop.models.base import LanguageModel
 
 
 def build_model(cfg: ModelConfig, seed: int) -> LanguageModel:
-    """A fresh model for `cfg` (tiny: random init; hf: a local directory or a config dict)."""
+    """A fresh model for `cfg` (tiny: random init; hf: a local directory or a config dict;
+    openai: a client of `cfg.base_url`, generation only)."""
+    if cfg.backend == "openai":
+        from reasonloop.models.openai import OpenAIModel
+
+        return OpenAIModel.from_config(cfg)
     if cfg.backend == "tiny":
         from reasonloop.models.tiny import TinyModel
 
@@ -20,11 +25,17 @@ def build_model(cfg: ModelConfig, seed: int) -> LanguageModel:
 
 
 def load_model(cfg: ModelConfig, path: str | Path) -> LanguageModel:
-    """Weights saved by `model.save(path)` on the backend `cfg` names (safetensors only)."""
+    """Weights saved by `model.save(path)` on the backend `cfg` names (safetensors only); the
+    openai backend has no weights here: it returns the client `cfg` describes."""
+    if cfg.backend == "openai":
+        from reasonloop.models.openai import OpenAIModel
+
+        return OpenAIModel.from_config(cfg)
     if cfg.backend == "tiny":
         from reasonloop.models.tiny import TinyModel
 
         return TinyModel.load(path)
     from reasonloop.models.hf import HFModel
 
-    return HFModel.load(path)
+    # The run's dtype, device, LoRA and other options apply to its checkpoints as to its start.
+    return HFModel.load(path, dtype=cfg.dtype, device=cfg.device, config=cfg)

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from reasonloop import distributed
 from reasonloop.config import ModelConfig
 from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
 from reasonloop.models.tokenizer import (
@@ -264,6 +265,18 @@ class TinyTransformer(nn.Module):
 
         positions [B, T] default to 0..T-1; mask None means causal; caches, if given, are
         filled with the keys and values of positions 0..T-1 (prefill)."""
+        return self.lm_head(self.hidden(ids, positions, mask, caches, last_only))
+
+    def hidden(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """The final-norm hidden states [B, T, D] (or [B, D]) that `forward` projects to logits;
+        a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`."""
         x = self.embed(ids)
         if self.abacus_max:
             x = x + self.abacus(self.abacus_index(digit_runs(ids)))
@@ -279,17 +292,22 @@ class TinyTransformer(nn.Module):
             x = layer(x, rope, mask, None if caches is None else caches[i])
         if last_only:
             x = x[:, -1]
-        return self.lm_head(F.rms_norm(x, (self.dim,), self.norm, RMS_EPS))
+        return F.rms_norm(x, (self.dim,), self.norm, RMS_EPS)
 
     def abacus_index(self, runs: torch.Tensor) -> torch.Tensor:
         """Digit-run indices -> abacus embedding rows; in training, shifted per sequence."""
         if self.training and self.abacus_offset:
+            # Under torchrun a rank holds some rows of a global batch: it draws for all of them
+            # and keeps its own, so each row is shifted as a single process would shift it.
+            n, rows = distributed.global_rows(runs.shape[0])
             shift = torch.randint(
                 0,
                 self.abacus_offset + 1,
-                (runs.shape[0],) + (1,) * (runs.dim() - 1),
+                (n,) + (1,) * (runs.dim() - 1),
                 device=runs.device,
             )
+            if rows is not None:
+                shift = shift[rows]
             runs = torch.where(runs > 0, runs + shift, 0)
         return runs.clamp(max=self.abacus_max)
 
@@ -463,6 +481,19 @@ class TinyModel:
     ) -> torch.Tensor:
         """Logits [B, T, V]. A right-padded mask (or none) takes the causal fast path; any other
         mask (left padding) gives each row positions counted over its real tokens."""
+        return self.module(input_ids, *self._layout(input_ids, attention_mask))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D] of a padded batch, laid out as `forward` does (the
+        input of a value head)."""
+        return self.module.hidden(input_ids, *self._layout(input_ids, attention_mask))
+
+    def _layout(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(positions, attention mask) for the module; (None, None) is the causal fast path."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_seq_len:
@@ -470,12 +501,12 @@ class TinyModel:
                 f"sequence of {input_ids.shape[1]} tokens exceeds model.max_seq_len {self.config.max_seq_len}"
             )
         if attention_mask is None:
-            return self.module(input_ids)
+            return None, None
         m = attention_mask.bool()
         if bool((m[:, 1:] <= m[:, :-1]).all()):
-            return self.module(input_ids)  # right padding: causal attention never sees the pads
+            return None, None  # right padding: causal attention never sees the pads
         positions = (m.long().cumsum(-1) - 1).clamp(min=0)
-        return self.module(input_ids, positions, _padding_mask(m))
+        return positions, _padding_mask(m)
 
     # -------------------------------------------------------------------------- log-probs
 

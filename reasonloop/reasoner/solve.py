@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-
 from reasonloop.config import ReasonerConfig
 from reasonloop.models.base import Completion, LanguageModel, Sampling
+from reasonloop.models.rollouts import Progress, Rollouts, as_rollouts
 from reasonloop.reasoner.hint import hinted
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task, Trace, stable_id
 
-Progress = Callable[[int, int], None]
-"""Called with (prompts done, tokens generated) after each batch."""
-
-
-def _generate(
-    model: LanguageModel,
-    prompts: list[str],
-    n: int,
-    sampling: Sampling,
-    batch_size: int,
-    progress: Progress | None,
-) -> list[list[Completion]]:
-    out: list[list[Completion]] = []
-    per_call = max(1, batch_size // max(n, 1))
-    for i in range(0, len(prompts), per_call):
-        chunk = prompts[i : i + per_call]
-        # A distinct, reproducible seed per chunk: resuming re-creates the same samples.
-        seed = None if sampling.seed is None else sampling.seed * 1_000_003 + i
-        res = model.generate(chunk, n=n, sampling=replace(sampling, seed=seed))
-        out.extend(res)
-        if progress:
-            progress(len(chunk), sum(c.n_tokens for cs in res for c in cs))
-    return out
-
 
 def solve(
-    model: LanguageModel,
+    model: LanguageModel | Rollouts,
     family: Family,
     tasks: list[Task],
     cfg: ReasonerConfig,
@@ -47,7 +21,11 @@ def solve(
     hint: bool = False,
     progress: Progress | None = None,
 ) -> list[Trace]:
-    """k traces per task; the first is greedy when `cfg.greedy_sample` (or temperature is 0)."""
+    """k traces per task; the first is greedy when `cfg.greedy_sample` (or temperature is 0).
+
+    `model` generates in this process, or give `Rollouts` (`loop/cluster.py`) to spread the
+    sampling over workers: the traces are the same either way (fixed shards, each its own seed)."""
+    gen = as_rollouts(model)
     prompts = [hinted(t.prompt, t.answer or "") if hint else t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
     per_task: list[list[tuple[Completion, dict]]] = [[] for _ in tasks]
@@ -72,7 +50,7 @@ def solve(
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
         }
-        for i, comps in enumerate(_generate(model, prompts, n, sampling, cfg.batch_size, progress)):
+        for i, comps in enumerate(gen.generate(prompts, n, sampling, cfg.batch_size, progress)):
             per_task[i].extend((c, how) for c in comps)
     traces = []
     for task, comps in zip(tasks, per_task, strict=True):
