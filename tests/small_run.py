@@ -30,6 +30,29 @@ SMALL = {
     "model.threads": 1,
 }
 
+# Smaller still, for tests that only need some finished rounds (bad inputs, trackers): seconds.
+TINIEST = {
+    "model.dim": 32,
+    "model.n_layers": 2,
+    "model.n_heads": 2,
+    "model.threads": 1,
+    "seed_train.steps": 20,
+    "train.steps": 4,
+    "train.batch_size": 16,
+    "tasks.seed_examples": 64,
+    "tasks.heldout_per_level": 4,
+    "tasks.seed_levels": "[1,2]",
+    "tasks.heldout_levels": "[1,2,3]",
+    "creator.per_round": 8,
+    "reasoner.samples": 2,
+}
+
+
+def cli_sets(sizes: dict) -> list[str]:
+    """`--set FIELD=VALUE` arguments for `reasonloop run`."""
+    return [a for k, v in sizes.items() for a in ("--set", f"{k}={v}")]
+
+
 # GRPO with every group trained (no dynamic sampling) and a KL term, so that the per-step
 # reward-side curves (KL, clip fraction) exist even though this tiny model is always wrong.
 GRPO = {

@@ -9,30 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
+from small_run import TINIEST, cli_sets
 
 from reasonloop.cli import main
 from reasonloop.config import ModelConfig
 from reasonloop.models.tiny import TinyModel
 
-SMALL = {
-    "model.dim": 32,
-    "model.n_layers": 2,
-    "model.n_heads": 2,
-    "model.threads": 1,
-    "seed_train.steps": 20,
-    "train.steps": 4,
-    "train.batch_size": 16,
-    "tasks.seed_examples": 64,
-    "tasks.heldout_per_level": 4,
-    "tasks.seed_levels": "[1,2]",
-    "tasks.heldout_levels": "[1,2,3]",
-    "creator.per_round": 8,
-    "reasoner.samples": 2,
-}
-
 
 def _run(out: Path, *extra: str, preset: str = "rft") -> int:
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    sets = cli_sets(TINIEST)
     argv = ["run", "--preset", preset, "--out", str(out), "--quiet", "--rounds", "1", *sets]
     return main([*argv, *extra])
 

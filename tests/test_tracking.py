@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from small_run import TINIEST, cli_sets
 
 from reasonloop.cli import main
 from reasonloop.report.tracking import flatten, mlflow_name
@@ -15,25 +16,9 @@ pytest.importorskip("tensorboard", reason="tracking extra not installed")
 pytest.importorskip("mlflow", reason="tracking extra not installed")
 pytest.importorskip("wandb", reason="tracking extra not installed")
 
-SMALL = {
-    "model.dim": 32,
-    "model.n_layers": 2,
-    "model.n_heads": 2,
-    "model.threads": 1,
-    "seed_train.steps": 20,
-    "train.steps": 4,
-    "train.batch_size": 16,
-    "tasks.seed_examples": 64,
-    "tasks.heldout_per_level": 4,
-    "tasks.seed_levels": "[1,2]",
-    "tasks.heldout_levels": "[1,2,3]",
-    "creator.per_round": 8,
-    "reasoner.samples": 2,
-}
-
 
 def _run(out: Path, rounds: int, report_to: str) -> int:
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    sets = cli_sets(TINIEST)
     return main(
         ["run", "--preset", "rft", "--out", str(out), "--quiet", "--rounds", str(rounds)]
         + sets
