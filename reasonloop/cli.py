@@ -105,11 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not cfg_path.exists():
         raise ConfigError(f"{rd.root}: not a run directory (no config.yaml)")
     cfg = validate(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
-    done = sorted(
-        int(k)
-        for k, v in rd.manifest().get("rounds", {}).items()
-        if (rd.checkpoint(int(k)) / "config.json").exists() and "train" in v.get("phases", {})
-    )
+    done = rd.trained_rounds()
     if not done:
         raise ConfigError(f"{rd.root}: no finished checkpoint to evaluate")
     r = done[-1] if args.round is None else args.round

@@ -227,6 +227,38 @@ class CreatorConfig(Section):
     """Levels the frontier moves when mastered."""
     max_level: int | None = None
     """Cap on the frontier; default: the family's hardest level."""
+    mode: Literal["frontier", "adaptive"] = "frontier"
+    """`frontier`: move up a level once the frontier is mastered; `adaptive`: each round pick
+    the level whose measured success p (training tasks, last round that drew it) lies in
+    `target_band` with the highest learnability p(1-p), and go up a level when none does."""
+    target_band: tuple[float, float] = (0.2, 0.8)
+    """adaptive: the success rates worth training at (below: too hard, above: mastered)."""
+    evolve: list[str] = Field(default_factory=list)
+    """Evolution operators (`reasonloop.tasks.evolve`) applied to a share of each round's
+    tasks: change_numbers, add_term, structured_input, rephrase."""
+    evolve_share: float = Field(0.0, ge=0, le=1)
+    """Share of each round's tasks (after round 0) replaced by evolved ones."""
+    dedup_threshold: float | None = Field(None, gt=0, le=1)
+    """Drop proposed tasks whose character-3-gram Jaccard similarity to a task of this or an
+    earlier round exceeds this; None: keep all distinct tasks."""
+
+    @model_validator(mode="after")
+    def _creator(self) -> CreatorConfig:
+        lo, hi = self.target_band
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(
+                f"creator.target_band must be [low, high] with 0 <= low < high <= 1, "
+                f"got {list(self.target_band)}"
+            )
+        from reasonloop.tasks.evolve import OPERATORS  # the operators import families
+
+        if unknown := [o for o in self.evolve if o not in OPERATORS]:
+            raise ValueError(
+                f"creator.evolve: unknown operators {unknown}; known: {sorted(OPERATORS)}"
+            )
+        if self.evolve_share > 0 and not self.evolve:
+            raise ValueError("creator.evolve_share > 0 needs operators in creator.evolve")
+        return self
 
 
 class ReasonerConfig(Section):
@@ -245,6 +277,28 @@ class ReasonerConfig(Section):
     """Make the first of the k samples greedy (Lee et al. label with greedy decoding)."""
 
 
+class RewardModelConfig(Section):
+    """A learned outcome reward model (`evaluator/reward_model.py`): a copy of the policy with a
+    scalar head, trained each round (after round 0) with BCE on the round's judged traces, whose
+    verdicts are its labels (gold verdicts under `kind: gold`, consensus ones under
+    `kind: consensus`). Saved as `orm.safetensors` in the round's checkpoint. At eval it scores
+    the held-out samples (needs `heldout_samples` > 0): bon@k, weighted_maj@k and its
+    calibration against gold (AUROC, ECE). It selects and is measured; it does not yet filter
+    or reward the Reasoner's training data."""
+
+    enabled: bool = False
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=5e-4, steps=200, batch_size=64, warmup_steps=10)
+    )
+    """The ORM's own optimiser and schedule."""
+    balance: bool = True
+    """Weight positives by n_neg / n_pos, so a round where most samples are right does not
+    teach "always right"."""
+    carry: bool = True
+    """Continue from the previous round's ORM when its checkpoint has one; else start each
+    round from a fresh copy of the policy that sampled the round."""
+
+
 class EvaluatorConfig(Section):
     """How solutions are judged during a round."""
 
@@ -253,6 +307,8 @@ class EvaluatorConfig(Section):
     vote over the k samples (the winning answer's vote share is the confidence)."""
     min_vote_share: float = Field(0.5, ge=0, le=1)
     """consensus: keep a task's majority answer only when its share of votes reaches this."""
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    """A learned outcome reward model trained on the round's verdicts (off by default)."""
 
 
 class PostProcessConfig(Section):
@@ -449,6 +505,16 @@ class RunConfig(Section):
             raise ValueError(
                 "cluster.kind 'ray' spreads generation over model replicas; backend 'openai' "
                 "generates on its server (set cluster.kind: local)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_model(self) -> RunConfig:
+        # Its only outputs are measured on held-out samples: without them it would train unseen.
+        if self.evaluator.reward_model.enabled and self.heldout_samples == 0:
+            raise ValueError(
+                "evaluator.reward_model.enabled needs heldout_samples > 0 (bon@k, "
+                "weighted_maj@k and its calibration are measured on the held-out samples)"
             )
         return self
 

@@ -127,11 +127,7 @@ def resolve_checkpoint(path: str | Path, round_: int | None = None) -> tuple[Pat
     if (root / "config.yaml").is_file():
         cfg = validate(yaml.safe_load((root / "config.yaml").read_text()) or {}, str(root))
         rd = RunDir(root)
-        done = sorted(
-            int(k)
-            for k, v in rd.manifest().get("rounds", {}).items()
-            if (rd.checkpoint(int(k)) / "config.json").exists() and "train" in v.get("phases", {})
-        )
+        done = rd.trained_rounds()
         if not done:
             raise ConfigError(f"{root}: no finished checkpoint to serve")
         r = done[-1] if round_ is None else round_

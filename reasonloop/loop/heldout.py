@@ -1,7 +1,10 @@
 """The fixed held-out yardstick: the same tasks every round, never trained on.
 
 pass@1 is greedy; with `samples` > 0, maj@k (majority answer right) and pass@k (any sample right)
-are added. Every figure is given overall and per difficulty level.
+are added. Every figure is given overall and per difficulty level. Given a `scorer` (a learned
+reward model), the same k samples also give bon@k (its best-scored sample right), weighted_maj@k
+(the answer with the largest summed score right) and its calibration against the gold verdicts
+(AUROC, ECE): the same samples, so the columns differ only by how they select.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 from reasonloop.config import TasksConfig
+from reasonloop.evaluator.calibration import auroc, ece
 from reasonloop.evaluator.consensus import majority_vote
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.rollouts import Rollouts, as_rollouts
+from reasonloop.reasoner.search import Scorer, best_of_n, weighted_majority_vote
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
@@ -54,28 +59,52 @@ def evaluate(
     samples: int = 0,
     seed: int = 0,
     batch_size: int = 512,
+    scorer: Scorer | None = None,
+    scorer_name: str = "orm",
 ) -> dict:
     """Held-out metrics of `model`, generating in this process, or over workers when given
-    `Rollouts` (the same figures either way)."""
+    `Rollouts` (the same figures either way). With `scorer` and `samples` > 0, also bon@k,
+    weighted_maj@k and `calibration: {scorer_name: {auroc, ece, n, positives}}`."""
     gen = as_rollouts(model)
     prompts = [t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
     p1: dict[int, list[bool]] = defaultdict(list)
     majk: dict[int, list[bool]] = defaultdict(list)
     passk: dict[int, list[bool]] = defaultdict(list)
+    bonk: dict[int, list[bool]] = defaultdict(list)
+    wmajk: dict[int, list[bool]] = defaultdict(list)
+    all_scores: list[float] = []
+    all_oks: list[bool] = []
     tokens = 0
     for t, comps in zip(tasks, gen.generate(prompts, 1, greedy, batch_size), strict=True):
         tokens += comps[0].n_tokens
         p1[t.difficulty].append(family.verify(t, family.parse(comps[0].text)[1]) == 1.0)
     if samples > 0:
         s = Sampling(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-        for t, comps in zip(tasks, gen.generate(prompts, samples, s, batch_size), strict=True):
+        sampled = gen.generate(prompts, samples, s, batch_size)
+        flat_scores: list[float] = []
+        if scorer is not None:  # one call over every sample: the scorer batches them itself
+            flat_scores = scorer(
+                [t.prompt for t, comps in zip(tasks, sampled, strict=True) for _ in comps],
+                [c.text for comps in sampled for c in comps],
+            )
+        at = 0
+        for t, comps in zip(tasks, sampled, strict=True):
             tokens += sum(c.n_tokens for c in comps)
             answers = [family.parse(c.text)[1] for c in comps]
             oks = [family.verify(t, a) == 1.0 for a in answers]
             winner, _ = majority_vote(answers)
             majk[t.difficulty].append(family.verify(t, winner) == 1.0)
             passk[t.difficulty].append(any(oks))
+            if scorer is not None:
+                scores = [float(x) for x in flat_scores[at : at + len(comps)]]
+                at += len(comps)
+                all_scores += scores
+                all_oks += oks
+                bon = best_of_n(answers, scores)[0]
+                bonk[t.difficulty].append(family.verify(t, bon) == 1.0)
+                wmaj = weighted_majority_vote(answers, scores)[0]
+                wmajk[t.difficulty].append(family.verify(t, wmaj) == 1.0)
     out = {"pass@1": _overall(p1), "by_level": _rates(p1), "tokens": tokens}
     if samples > 0:
         out |= {
@@ -84,4 +113,19 @@ def evaluate(
             f"pass@{samples}": _overall(passk),
             f"pass@{samples}_by_level": _rates(passk),
         }
+        if scorer is not None:
+            out |= {
+                f"bon@{samples}": _overall(bonk),
+                f"bon@{samples}_by_level": _rates(bonk),
+                f"weighted_maj@{samples}": _overall(wmajk),
+                f"weighted_maj@{samples}_by_level": _rates(wmajk),
+                "calibration": {
+                    scorer_name: {
+                        "auroc": auroc(all_scores, all_oks),
+                        "ece": ece(all_scores, all_oks),
+                        "n": len(all_oks),
+                        "positives": sum(all_oks),
+                    }
+                },
+            }
     return out

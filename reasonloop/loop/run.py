@@ -37,6 +37,7 @@ from reasonloop.algorithms.value_head import CRITIC_FILE, Critic
 from reasonloop.config import ConfigError, ModelConfig, RunConfig, TrainConfig, validate
 from reasonloop.evaluator.consensus import judge_consensus
 from reasonloop.evaluator.gold import judge_gold
+from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, train_orm
 from reasonloop.loop import faults
 from reasonloop.loop.cluster import open_rollouts
 from reasonloop.loop.heldout import evaluate, make_heldout
@@ -55,9 +56,10 @@ from reasonloop.models.base import LanguageModel
 from reasonloop.models.rollouts import Rollouts
 from reasonloop.postprocess.filter import process
 from reasonloop.reasoner.solve import reference_traces, solve
+from reasonloop.report.diversity import distinct_share, mean_jaccard_distance, near_duplicates
 from reasonloop.report.summary import write_summary
 from reasonloop.report.tracking import PACKAGES, Tracker, flatten, missing, open_trackers
-from reasonloop.tasks import creator
+from reasonloop.tasks import creator, curriculum, evolve
 from reasonloop.tasks.base import Family
 from reasonloop.tasks.registry import get_family
 from reasonloop.types import Decision, Judgement, PreferencePair, SFTExample, Task, Trace
@@ -435,13 +437,24 @@ def _run_round(
                 n = cfg.tasks.seed_examples // n_levels + (i < cfg.tasks.seed_examples % n_levels)
                 tasks += creator.propose(family, rng, n, [lv], [], cfg.creator, exclude, r)
             levels = list(cfg.tasks.seed_levels)
-        else:
+        extra: dict[str, Any] = {}
+        if r > 0:
             frontier = prev["phases"]["eval"]["next_frontier"]
+            if cfg.creator.mode == "adaptive":
+                frontier, extra["curriculum"] = _adaptive_frontier(
+                    cfg, family, manifest, r, frontier
+                )
             levels = creator.frontier_levels(family, frontier, cfg.creator)
             below = [lv for lv in family.levels if lv < min(levels)]
             tasks = creator.propose(
                 family, rng, cfg.creator.per_round, levels, below, cfg.creator, exclude, r
             )
+            tasks, extra["evolution"] = _evolve_and_dedup(cfg, rd, family, tasks, rng, r, exclude)
+        prompts = [t.prompt for t in tasks]
+        extra["diversity"] = {
+            "distinct": distinct_share(prompts),
+            "jaccard_distance": mean_jaccard_distance(prompts),
+        }
         write_records(d / "tasks.parquet", tasks, Task)
         rnd.tasks = tasks
         _mark(
@@ -449,7 +462,7 @@ def _run_round(
             manifest,
             r,
             "propose",
-            {"seconds": time.perf_counter() - t0, "frontier": frontier, "levels": levels},
+            {"seconds": time.perf_counter() - t0, "frontier": frontier, "levels": levels} | extra,
         )
     by_id = {t.id: t for t in rnd.tasks}
 
@@ -548,6 +561,11 @@ def _run_round(
     # -- train -------------------------------------------------------------------------------
     if "train" not in phases:
         t0 = time.perf_counter()
+        orm, orm_info = None, None
+        if r > 0 and cfg.evaluator.reward_model.enabled:
+            assert model is not None
+            # From the policy that sampled the round, before it trains on the same traces.
+            orm, orm_info = _train_orm(cfg, rd, r, rnd, by_id, model)
         if r > 0 and cfg.strategy.retrain_from_base:
             model = load_model(cfg.model, rd.checkpoint(0))
         assert model is not None
@@ -563,6 +581,8 @@ def _run_round(
         model.save(tmp)
         if critic is not None:
             critic.save(tmp / CRITIC_FILE)
+        if orm is not None:
+            orm.save(tmp / ORM_FILE)
         atomic_replace_dir(tmp, rd.checkpoint(r))
         faults.hit("checkpoint")
         losses = stats.get("losses", [])
@@ -583,6 +603,8 @@ def _run_round(
         for key in ("reward_mean", "groups", "groups_kept"):
             if key in stats:
                 info[key] = stats[key]
+        if orm_info is not None:
+            info["reward_model"] = orm_info
         _mark(rd, manifest, r, "train", info)
     else:
         model = load_model(cfg.model, rd.checkpoint(r))
@@ -591,6 +613,13 @@ def _run_round(
     if "eval" not in phases:
         t0 = time.perf_counter()
         gen.sync(model, str(rd.checkpoint(r)))
+        orm_path = rd.checkpoint(r) / ORM_FILE
+        # Read back from the checkpoint, so a run resumed before its eval scores the same ORM.
+        orm_eval = (
+            OutcomeRewardModel.load(orm_path, model)
+            if cfg.evaluator.reward_model.enabled and orm_path.exists()
+            else None
+        )
         metrics = evaluate(
             gen,
             family,
@@ -599,6 +628,7 @@ def _run_round(
             cfg.heldout_samples,
             phase_seed(cfg.seed, r, "eval"),
             cfg.reasoner.batch_size,
+            scorer=orm_eval.score if orm_eval is not None else None,
         )
         frontier = phases["propose"]["frontier"]
         success = phases["process"].get("success_at_frontier", 0.0)
@@ -620,6 +650,60 @@ def _run_round(
     rd.write_manifest(manifest)
     log(_round_line(r, manifest["rounds"][str(r)]["phases"]))
     return model
+
+
+def _adaptive_frontier(
+    cfg: RunConfig, family: Family, manifest: dict, r: int, fallback: int
+) -> tuple[int, dict[str, Any]]:
+    """The level with the most learnable measured success (`tasks.curriculum`), from the
+    sampled rounds so far (round 0's reference traces measure nothing about the model)."""
+    table = curriculum.success_table(
+        manifest["rounds"][str(q)]["phases"]["process"].get("success_by_level", {})
+        for q in range(1, r)
+    )
+    top = cfg.creator.max_level if cfg.creator.max_level is not None else max(family.levels)
+    allowed = [lv for lv in family.levels if lv <= top]
+    level, why = curriculum.choose_level(allowed, table, cfg.creator.target_band, fallback)
+    return level, {
+        "level": level,
+        "why": why,
+        "success": {str(lv): round(ok / n, 4) for lv, (ok, n) in sorted(table.items())},
+    }
+
+
+def _evolve_and_dedup(
+    cfg: RunConfig,
+    rd: RunDir,
+    family: Family,
+    tasks: list[Task],
+    rng: random.Random,
+    r: int,
+    exclude: set[str],
+) -> tuple[list[Task], dict[str, Any]]:
+    """Replace `creator.evolve_share` of the tasks by tasks evolved from the previous round's
+    (so each evolved task's parent is a stored record), then drop near-duplicates of this and
+    earlier rounds' tasks. Tasks carry no drop record, so the counts go in the phase info."""
+    c = cfg.creator
+    info: dict[str, Any] = {}
+    if c.evolve_share > 0:
+        sources = read_records(rd.round_dir(r - 1) / "tasks.parquet", Task)
+        n = int(round(len(tasks) * c.evolve_share))
+        taken = exclude | {t.id for t in tasks}
+        evolved, skipped = evolve.evolve(family, sources, n, c.evolve, rng, r, taken)
+        tasks = tasks[: len(tasks) - len(evolved)] + evolved
+        info["evolved"] = dict(Counter(t.made_by for t in evolved))
+        info["skipped"] = skipped
+    if c.dedup_threshold is not None:
+        earlier = [
+            t.prompt
+            for q in range(r)
+            for t in read_records(rd.round_dir(q) / "tasks.parquet", Task)
+        ]
+        dropped = near_duplicates([t.prompt for t in tasks], earlier, c.dedup_threshold)
+        tasks = [t for i, t in enumerate(tasks) if i not in dropped]
+        reasons = Counter(why.split(" (")[0] for why in dropped.values())
+        info["dropped_near_duplicates"] = dict(reasons)
+    return tasks, info
 
 
 def _tick(pb: tqdm):
@@ -658,7 +742,18 @@ def _process_stats(rnd: Round, family: Family, by_id: dict[str, Task]) -> dict[s
         for t in kept_traces
         if by_id[t.task_id].answer is not None
     ]
+    # Per-sample success by level over the sampled (not hinted) traces: what the adaptive
+    # curriculum reads. Round 0's reference traces are gold, so they say nothing of the model.
+    verdicts = {j.trace_id: bool(j.verdict) for j in rnd.judgements}
+    by_level: dict[str, list[int]] = {}
+    for t in rnd.traces:
+        if t.decoding.get("hint") or t.task_id not in by_id or t.id not in verdicts:
+            continue
+        cell = by_level.setdefault(str(by_id[t.task_id].difficulty), [0, 0])
+        cell[0] += verdicts[t.id]
+        cell[1] += 1
     return {
+        "success_by_level": dict(sorted(by_level.items(), key=lambda kv: int(kv[0]))),
         "tasks": len(rnd.tasks),
         "traces": len(rnd.traces),
         "kept": len(kept),
@@ -740,6 +835,38 @@ def _train(
     return train_sft(model, data, tcfg, seed, on_step=on_step) | {"examples": len(data)}
 
 
+def _train_orm(
+    cfg: RunConfig,
+    rd: RunDir,
+    r: int,
+    rnd: Round,
+    by_id: dict[str, Task],
+    model: LanguageModel,
+) -> tuple[OutcomeRewardModel, dict[str, Any]]:
+    """The round's outcome reward model, trained on its judged traces (verdicts as labels)."""
+    rm = cfg.evaluator.reward_model
+    saved = rd.checkpoint(r - 1) / ORM_FILE
+    carried = rm.carry and saved.exists()
+    orm = (
+        OutcomeRewardModel.load(saved, model) if carried else OutcomeRewardModel.from_policy(model)
+    )
+    verdict = {j.trace_id: bool(j.verdict) for j in rnd.judgements}
+    # Hinted traces answer another prompt (the hint shows the answer): not what the ORM scores.
+    use = [t for t in rnd.traces if t.id in verdict and not t.decoding.get("hint")]
+    info = train_orm(
+        orm,
+        [by_id[t.task_id].prompt for t in use],
+        [t.text for t in use],
+        [verdict[t.id] for t in use],
+        rm.train,
+        phase_seed(cfg.seed, r, "train") + 1,
+        rm.balance,
+    )
+    keys = ("n", "n_pos", "steps", "seconds", "loss_first", "loss_last", "train_accuracy")
+    out = {k: info[k] for k in keys} | {"carried": carried}
+    return orm, out | {"losses": [round(x, 5) for x in info["losses"]]}
+
+
 def _training_set(rd: RunDir, cfg: RunConfig, r: int, rnd: Round) -> list[SFTExample]:
     if r == 0:
         return rnd.examples
@@ -763,9 +890,17 @@ def _round_metrics(
     gen_seconds = solve_s + phases["eval"]["seconds"]
     seconds = {p: round(phases[p]["seconds"], 3) for p in PHASES}
     seconds["total"] = round(sum(seconds.values()), 3)
-    return {
+    heldout = phases["eval"]["heldout"]
+    extra: dict[str, Any] = {}
+    if "calibration" in heldout:  # the evaluators' own section, not a held-out accuracy
+        extra["calibration"] = heldout["calibration"]
+    if "reward_model" in phases["train"]:
+        extra["reward_model"] = {
+            k: v for k, v in phases["train"]["reward_model"].items() if k != "losses"
+        }
+    return extra | {
         "round": r,
-        "heldout": {k: v for k, v in phases["eval"]["heldout"].items() if k != "tokens"},
+        "heldout": {k: v for k, v in heldout.items() if k not in ("tokens", "calibration")},
         "seconds": seconds,
         "tokens_per_s": {
             "generation": gen_tokens / gen_seconds if gen_seconds > 0 and gen_tokens else 0.0,
@@ -775,6 +910,9 @@ def _round_metrics(
         "frontier": phases["propose"]["frontier"],
         "levels": phases["propose"]["levels"],
         "next_frontier": phases["eval"]["next_frontier"],
+        "diversity": phases["propose"].get("diversity"),
+        "curriculum": phases["propose"].get("curriculum"),
+        "evolution": phases["propose"].get("evolution"),
         "data": {
             k: phases["process"][k]
             for k in (

@@ -124,6 +124,15 @@ class RunDir:
         except json.JSONDecodeError as e:
             raise CorruptRunError(f"{self.manifest_path}: not valid JSON ({e})") from e
 
+    def trained_rounds(self) -> list[int]:
+        """Rounds whose train phase the manifest records and whose checkpoint has its config:
+        the checkpoints `eval` and `serve` may load."""
+        return sorted(
+            int(k)
+            for k, v in self.manifest().get("rounds", {}).items()
+            if (self.checkpoint(int(k)) / "config.json").exists() and "train" in v.get("phases", {})
+        )
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.manifest_path, manifest)
 

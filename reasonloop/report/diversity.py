@@ -1,6 +1,7 @@
 """How varied a round's tasks are: the share of distinct prompts, and the mean pairwise
 character-3-gram Jaccard distance over a fixed-seed sample of prompts (0 = all alike, 1 = no
-3-gram shared). Cheap, model-free, and comparable across rounds of one family."""
+3-gram shared). Cheap, model-free, and comparable across rounds of one family. The same
+similarity finds near-duplicate tasks for the Task Creator to drop (`near_duplicates`)."""
 
 from __future__ import annotations
 
