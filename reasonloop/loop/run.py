@@ -449,7 +449,9 @@ def _run_round(
             tasks = creator.propose(
                 family, rng, cfg.creator.per_round, levels, below, cfg.creator, exclude, r
             )
-            tasks, extra["evolution"] = _evolve_and_dedup(cfg, rd, family, tasks, rng, r, exclude)
+            tasks, extra["evolution"] = _evolve_and_dedup(
+                cfg, rd, family, tasks, levels, rng, r, exclude
+            )
         prompts = [t.prompt for t in tasks]
         extra["diversity"] = {
             "distinct": distinct_share(prompts),
@@ -676,22 +678,28 @@ def _evolve_and_dedup(
     rd: RunDir,
     family: Family,
     tasks: list[Task],
+    levels: list[int],
     rng: random.Random,
     r: int,
     exclude: set[str],
 ) -> tuple[list[Task], dict[str, Any]]:
-    """Replace `creator.evolve_share` of the tasks by tasks evolved from the previous round's
-    (so each evolved task's parent is a stored record), then drop near-duplicates of this and
+    """Replace `creator.evolve_share` of the tasks by tasks evolved from earlier rounds' (so
+    each evolved task's parent is a stored record), then drop near-duplicates of this and
     earlier rounds' tasks. Tasks carry no drop record, so the counts go in the phase info."""
     c = cfg.creator
     info: dict[str, Any] = {}
     if c.evolve_share > 0:
-        sources = read_records(rd.round_dir(r - 1) / "tasks.parquet", Task)
+        # Sources at the round's levels or one below (add_term lifts those into them), so the
+        # evolved tasks follow the curriculum; the previous round's tasks when none are.
+        earlier = [
+            t for q in range(r) for t in read_records(rd.round_dir(q) / "tasks.parquet", Task)
+        ]
+        near = [t for t in earlier if min(levels) - 1 <= t.difficulty <= max(levels)]
+        sources = near or [t for t in earlier if t.round == r - 1]
         n = int(round(len(tasks) * c.evolve_share))
         taken = exclude | {t.id for t in tasks}
         evolved, skipped = evolve.evolve(family, sources, n, c.evolve, rng, r, taken)
         tasks = tasks[: len(tasks) - len(evolved)] + evolved
-        info["evolved"] = dict(Counter(t.made_by for t in evolved))
         info["skipped"] = skipped
     if c.dedup_threshold is not None:
         earlier = [
@@ -703,6 +711,8 @@ def _evolve_and_dedup(
         tasks = [t for i, t in enumerate(tasks) if i not in dropped]
         reasons = Counter(why.split(" (")[0] for why in dropped.values())
         info["dropped_near_duplicates"] = dict(reasons)
+    if c.evolve_share > 0:  # counted after dedup: what the round trains on
+        info["evolved"] = dict(Counter(t.made_by for t in tasks if t.made_by.startswith("evolve:")))
     return tasks, info
 
 

@@ -1,0 +1,227 @@
+"""A learned point-wise outcome reward model (ORM): P(trace is right | prompt, completion).
+
+Built as PPO's critic is (`algorithms/value_head.py`): a separate copy of the policy's network
+with a zero-initialised scalar head, so its features already read the task format and its first
+answer is a neutral 0.5 everywhere. Unlike the critic, only one position counts: the logit at the
+completion's last token (the state that has read the whole solution), trained with binary
+cross-entropy against the gold verdicts of the round's judged traces (Cobbe et al. 2021's
+verifier, V-STaR's without the DPO). A separate network rather than a head on the policy: the
+ORM can be trained, carried or dropped without moving the Reasoner.
+
+`save` / `load` write and read one safetensors file (format `reasonloop-orm`), atomically, so an
+ORM can sit inside a round's checkpoint as `orm.safetensors`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
+from reasonloop.algorithms.sft import batches, collate, encode_example
+from reasonloop.config import TrainConfig
+from reasonloop.models.base import LanguageModel
+from reasonloop.types import SFTExample
+
+ORM_FILE = "orm.safetensors"
+"""The ORM's file name inside a round's checkpoint directory."""
+FORMAT = "reasonloop-orm"
+SCORE_CHUNK = 256
+"""Sequences per forward when scoring."""
+
+
+def orm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, pos_weight: float | None = None
+) -> torch.Tensor:
+    """Mean binary cross-entropy of sequence logits [B] against 0/1 labels [B], in float32.
+
+    `pos_weight` scales the positive terms (n_neg / n_pos balances the classes, so a round where
+    most samples are right does not teach "always right")."""
+    weight = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+    return F.binary_cross_entropy_with_logits(
+        logits.float(), labels.float(), pos_weight=weight, reduction="mean"
+    )
+
+
+class OutcomeRewardModel:
+    """Sequence logit = linear head on the backbone's hidden state at the last completion token."""
+
+    def __init__(self, backbone: Any, head: nn.Linear) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.module = nn.ModuleDict({"backbone": backbone.module, "head": head})
+        """All trainable parameters (optimisers take `module.parameters()`)."""
+
+    @classmethod
+    def from_policy(cls, policy: LanguageModel) -> OutcomeRewardModel:
+        """A fresh ORM: a copy of `policy` (the policy is not touched) and a zero head."""
+        if not callable(getattr(policy, "hidden_states", None)):
+            raise ValueError(
+                f"{type(policy).__name__} has no hidden_states(): the reward model needs a "
+                "backend that exposes its last hidden states (tiny, hf)"
+            )
+        backbone = policy.copy()
+        device = next(backbone.module.parameters()).device
+        with torch.no_grad():
+            probe = torch.tensor([[backbone.tokenizer.bos_id]], device=device)
+            dim = backbone.hidden_states(probe).shape[-1]
+        # float32 head: a logit feeding a sigmoid stays exact even on a bf16 backbone.
+        head = nn.Linear(dim, 1, device=device, dtype=torch.float32)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return cls(backbone, head)
+
+    def encode(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> list[tuple[list[int], int]]:
+        """(token ids, prompt length) per pair, exactly as SFT encodes them."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        tok = self.backbone.tokenizer
+        return [
+            encode_example(tok, SFTExample(prompt=p, completion=c))
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+    def logits(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
+        """One logit [B] per sequence, read at its last completion token (collate's input drops
+        the final newline, so that is the row's last real input position)."""
+        device = next(self.module.parameters()).device
+        inputs, _, _, attn = collate(batch, self.backbone.tokenizer.pad_id, device)
+        h = self.backbone.hidden_states(inputs, attn)
+        last = torch.tensor([len(s) - 2 for s, _ in batch], device=device)
+        h_last = h[torch.arange(len(batch), device=device), last]
+        return self.head(h_last.float()).squeeze(-1)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """P(right) per (prompt, completion), without gradient, in eval mode and in chunks."""
+        seqs = self.encode(prompts, completions)
+        was_training = self.module.training
+        self.module.eval()
+        out: list[float] = []
+        try:
+            with torch.no_grad():
+                for s in range(0, len(seqs), SCORE_CHUNK):
+                    out += torch.sigmoid(self.logits(seqs[s : s + SCORE_CHUNK])).tolist()
+        finally:
+            self.module.train(was_training)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights to one safetensors file, atomically (temp file, fsync, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            # save_model (not save_file) copes with tied weights (an hf model's shared embeddings).
+            save_model(self.module, tmp, metadata={"format": FORMAT})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, policy: LanguageModel) -> OutcomeRewardModel:
+        """An ORM written by `save`, rebuilt around a copy of `policy` (same architecture)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no reward model here")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a reward model written by save (format {meta!r})")
+        orm = cls.from_policy(policy)
+        try:
+            load_model(orm.module, str(path), strict=True, device=str(orm.head.weight.device))
+        except RuntimeError as e:
+            raise ValueError(
+                f"{path} does not fit the policy's architecture: {str(e)[:300]}"
+            ) from e
+        return orm
+
+
+def train_orm(
+    orm: OutcomeRewardModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    labels: Sequence[bool],
+    cfg: TrainConfig,
+    seed: int,
+    balance: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train `orm` in place with BCE on (prompt, completion, label) triples.
+
+    Steps = cfg.steps, or ceil(epochs * n / batch_size); AdamW with the train schedule. With
+    `balance`, positives are weighted n_neg / n_pos. A set with one class only still trains (the
+    head learns the base rate). Returns steps, seconds, n, n_pos, pos_weight, losses (per step),
+    loss_first, loss_last and train_accuracy (at 0.5, on the training set, after training)."""
+    seqs = orm.encode(prompts, completions)
+    ys = [bool(y) for y in labels]
+    if len(ys) != len(seqs):
+        raise ValueError(f"{len(seqs)} pairs but {len(ys)} labels")
+    n_pos = sum(ys)
+    info: dict[str, Any] = {
+        "steps": 0,
+        "seconds": 0.0,
+        "n": len(ys),
+        "n_pos": n_pos,
+        "pos_weight": 1.0,
+        "losses": [],
+        "loss_first": 0.0,
+        "loss_last": 0.0,
+        "train_accuracy": None,
+    }
+    if not seqs:
+        return info
+    pos_weight = (len(ys) - n_pos) / n_pos if balance and 0 < n_pos < len(ys) else 1.0
+    info["pos_weight"] = pos_weight
+    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
+    opt = adamw(orm.module, cfg)
+    rng = random.Random(seed)
+    was_training = orm.module.training
+    orm.module.train()
+    device = next(orm.module.parameters()).device
+    start = time.perf_counter()
+    try:
+        lengths = [len(s) for s, _ in seqs]
+        for step, idx in enumerate(
+            batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
+        ):
+            set_lr(opt, lr_at(step, total, cfg))
+            logits = orm.logits([seqs[i] for i in idx])
+            target = torch.tensor([float(ys[i]) for i in idx], device=device)
+            loss = orm_loss(logits, target, pos_weight)
+            loss.backward()
+            clip_and_step(opt, cfg)
+            value = float(loss.detach())
+            info["losses"].append(value)
+            if on_step is not None:
+                on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
+    finally:
+        orm.module.train(was_training)
+    info["steps"] = len(info["losses"])
+    info["seconds"] = time.perf_counter() - start
+    info["loss_first"] = info["losses"][0]
+    info["loss_last"] = info["losses"][-1]
+    probs = orm.score(prompts, completions)
+    info["train_accuracy"] = sum((p >= 0.5) == y for p, y in zip(probs, ys, strict=True)) / len(ys)
+    return info
