@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,11 +35,16 @@ from reasonloop.models.base import LanguageModel
 
 CRITIC_FILE = "critic.safetensors"
 """The critic's file name inside a round's checkpoint directory."""
-FORMAT = "reasonloop-critic"
 
 
-class Critic:
-    """V(s_t) for every token position: backbone hidden states -> a linear head -> a scalar."""
+class ScalarHead:
+    """A copy of the policy's backbone with a linear head to one scalar per position: the shape
+    shared by PPO's critic and the outcome reward model. Subclasses name their file format and
+    say what they read off the hidden states."""
+
+    FORMAT: ClassVar[str]
+    WHAT: ClassVar[str]
+    """What it is, for error messages ("PPO's critic", "the reward model")."""
 
     def __init__(self, backbone: Any, head: nn.Linear) -> None:
         self.backbone = backbone
@@ -48,11 +53,11 @@ class Critic:
         """All trainable parameters (optimisers take `module.parameters()`)."""
 
     @classmethod
-    def from_policy(cls, policy: LanguageModel) -> Critic:
-        """A fresh critic: a copy of `policy` (the policy itself is not touched) and a zero head."""
+    def from_policy(cls, policy: LanguageModel) -> Self:
+        """A fresh one: a copy of `policy` (the policy itself is not touched) and a zero head."""
         if not callable(getattr(policy, "hidden_states", None)):
             raise ValueError(
-                f"{type(policy).__name__} has no hidden_states(): PPO's critic needs a backend "
+                f"{type(policy).__name__} has no hidden_states(): {cls.WHAT} needs a backend "
                 "that exposes its last hidden states (tiny, hf)"
             )
         backbone = policy.copy()
@@ -60,11 +65,58 @@ class Critic:
         with torch.no_grad():
             probe = torch.tensor([[backbone.tokenizer.bos_id]], device=device)
             dim = backbone.hidden_states(probe).shape[-1]
-        # float32 head: values are regression targets and stay exact even on a bf16 backbone.
+        # float32 head: values and logits stay exact even on a bf16 backbone.
         head = nn.Linear(dim, 1, device=device, dtype=torch.float32)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return cls(backbone, head)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights to one safetensors file, atomically (temp file, fsync, rename): a
+        crash leaves the old file or the new one, never half of one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            # save_model (not save_file) copes with tied weights (an hf model's shared embeddings).
+            save_model(self.module, tmp, metadata={"format": self.FORMAT})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, policy: LanguageModel) -> Self:
+        """One written by `save`, rebuilt around a copy of `policy` (same architecture). Errors
+        name the file and what is wrong."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no {cls.WHAT} here")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        if meta.get("format") != cls.FORMAT:
+            raise ValueError(f"{path}: not {cls.WHAT} written by save (format {meta!r})")
+        new = cls.from_policy(policy)
+        try:
+            load_model(new.module, str(path), strict=True, device=str(new.head.weight.device))
+        except RuntimeError as e:  # missing/unexpected keys or a shape that does not match
+            raise ValueError(
+                f"{path} does not fit the policy's architecture: {str(e)[:300]}"
+            ) from e
+        return new
+
+
+class Critic(ScalarHead):
+    """V(s_t) for every token position: backbone hidden states -> a linear head -> a scalar."""
+
+    FORMAT = "reasonloop-critic"
+    WHAT = "PPO's critic"
 
     def values(self, batch: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Values [B, T] at the completion positions of `batch` (0 elsewhere) and the completion
@@ -74,46 +126,6 @@ class Critic:
         inputs, _, mask, attn = collate(batch, self.backbone.tokenizer.pad_id, device)
         h = self.backbone.hidden_states(inputs, attn)
         return self.head(h.float()).squeeze(-1) * mask, mask
-
-    def save(self, path: str | Path) -> None:
-        """Write the critic's weights to one safetensors file, atomically (temp file, fsync,
-        rename): a crash leaves the old file or the new one, never half of one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            # save_model (not save_file) copes with tied weights (an hf model's shared embeddings).
-            save_model(self.module, tmp, metadata={"format": FORMAT})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | Path, policy: LanguageModel) -> Critic:
-        """A critic written by `save`, rebuilt around a copy of `policy` (same architecture).
-        Errors name the file and what is wrong."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no critic here")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a critic written by Critic.save (format {meta!r})")
-        critic = cls.from_policy(policy)
-        try:
-            load_model(critic.module, str(path), strict=True, device=str(critic.head.weight.device))
-        except RuntimeError as e:  # missing/unexpected keys or a shape that does not match
-            raise ValueError(
-                f"{path} does not fit the policy's architecture: {str(e)[:300]}"
-            ) from e
-        return critic
 
 
 def frozen_values(critic: Critic, seqs: list[tuple[list[int], int]]) -> list[torch.Tensor]:

@@ -15,29 +15,22 @@ ORM can sit inside a round's checkpoint as `orm.safetensors`.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
-from torch import nn
 
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
 from reasonloop.algorithms.sft import batches, collate, encode_example
+from reasonloop.algorithms.value_head import ScalarHead
 from reasonloop.config import TrainConfig
-from reasonloop.models.base import LanguageModel
 from reasonloop.types import SFTExample
 
 ORM_FILE = "orm.safetensors"
 """The ORM's file name inside a round's checkpoint directory."""
-FORMAT = "reasonloop-orm"
 SCORE_CHUNK = 256
 """Sequences per forward when scoring."""
 
@@ -55,33 +48,11 @@ def orm_loss(
     )
 
 
-class OutcomeRewardModel:
+class OutcomeRewardModel(ScalarHead):
     """Sequence logit = linear head on the backbone's hidden state at the last completion token."""
 
-    def __init__(self, backbone: Any, head: nn.Linear) -> None:
-        self.backbone = backbone
-        self.head = head
-        self.module = nn.ModuleDict({"backbone": backbone.module, "head": head})
-        """All trainable parameters (optimisers take `module.parameters()`)."""
-
-    @classmethod
-    def from_policy(cls, policy: LanguageModel) -> OutcomeRewardModel:
-        """A fresh ORM: a copy of `policy` (the policy is not touched) and a zero head."""
-        if not callable(getattr(policy, "hidden_states", None)):
-            raise ValueError(
-                f"{type(policy).__name__} has no hidden_states(): the reward model needs a "
-                "backend that exposes its last hidden states (tiny, hf)"
-            )
-        backbone = policy.copy()
-        device = next(backbone.module.parameters()).device
-        with torch.no_grad():
-            probe = torch.tensor([[backbone.tokenizer.bos_id]], device=device)
-            dim = backbone.hidden_states(probe).shape[-1]
-        # float32 head: a logit feeding a sigmoid stays exact even on a bf16 backbone.
-        head = nn.Linear(dim, 1, device=device, dtype=torch.float32)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        return cls(backbone, head)
+    FORMAT = "reasonloop-orm"
+    WHAT = "a reward model"
 
     def encode(
         self, prompts: Sequence[str], completions: Sequence[str]
@@ -118,44 +89,6 @@ class OutcomeRewardModel:
         finally:
             self.module.train(was_training)
         return out
-
-    def save(self, path: str | Path) -> None:
-        """Write the weights to one safetensors file, atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            # save_model (not save_file) copes with tied weights (an hf model's shared embeddings).
-            save_model(self.module, tmp, metadata={"format": FORMAT})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | Path, policy: LanguageModel) -> OutcomeRewardModel:
-        """An ORM written by `save`, rebuilt around a copy of `policy` (same architecture)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no reward model here")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a reward model written by save (format {meta!r})")
-        orm = cls.from_policy(policy)
-        try:
-            load_model(orm.module, str(path), strict=True, device=str(orm.head.weight.device))
-        except RuntimeError as e:
-            raise ValueError(
-                f"{path} does not fit the policy's architecture: {str(e)[:300]}"
-            ) from e
-        return orm
 
 
 def train_orm(
