@@ -9,16 +9,36 @@ rate and number of steps. Both see batches of the same size drawn from the same 
 tokens/s is steps/s times the mean real tokens of a batch; ours also counts its tokens exactly.
 Best of `reps` runs, interleaved (the machine is shared). Needs `pip install trl`.
 
-Not yet here: TRL's GRPOTrainer against our GRPO round (issue 3).
+    python benchmarks/vs_trl.py --grpo [--generations 40] [--prompts 16] [--group 8] [--lr 1e-4]
+
+`--grpo`: our GRPO against TRL's `GRPOTrainer`, held-out pass@1 against process CPU time. A tiny
+model (seeded) is SFT-trained briefly on `level`-digit addition, so that RL has signal, and
+exported; TRL trains the exported copy, we train the tiny original, from the same weights, each
+in an on-policy loop: sample `group` completions for each of `prompts` training prompts at
+temperature 1 (TRL with `transformers.generate`, we with our sampler), reward 1 when the family's
+verifier accepts the parsed answer, group-normalised advantages, then `steps` = prompts x group /
+`batch` AdamW steps on the clipped surrogate (clip 0.2 / 0.28, token-mean loss: TRL's `bnpo`,
+our `aggregation: token`), no KL, constant lr, the optimiser's state kept across generations.
+Every `eval_every` generations both are scored by the same greedy evaluator
+(`loop.heldout.evaluate`) on the same held-out tasks (TRL's weights are copied back into a tiny
+model); the evaluation's own CPU time is not counted. The ratio is the CPU time our run took to
+first reach TRL's final pass@1 over TRL's total CPU time. One thread, fp32, CPU, for both.
+Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
+the same training prompts; a completion cut at `max_new` tokens gets our stop newline appended
+in our loss and not in TRL's (rare: the answers are `level` + 2 tokens).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import random
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,10 +46,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training import make_examples  # noqa: E402
 
+from reasonloop.algorithms.optim import adamw  # noqa: E402
+from reasonloop.algorithms.policy_gradient import Group, train_policy_gradient  # noqa: E402
 from reasonloop.algorithms.sft import encode_example, train_sft  # noqa: E402
-from reasonloop.config import ModelConfig, TrainConfig  # noqa: E402
+from reasonloop.config import ModelConfig, RLConfig, TasksConfig, TrainConfig  # noqa: E402
+from reasonloop.loop.heldout import evaluate, make_heldout  # noqa: E402
+from reasonloop.models.base import Sampling  # noqa: E402
+from reasonloop.models.export import load_hf_state_dict  # noqa: E402
 from reasonloop.models.tiny import TinyModel  # noqa: E402
-from reasonloop.models.tokenizer import hf_tokenizer  # noqa: E402
+from reasonloop.models.tokenizer import EOS_ID, NEWLINE_ID, hf_tokenizer  # noqa: E402
+from reasonloop.tasks.families.addition import AdditionFamily  # noqa: E402
+from reasonloop.types import SFTExample, Task  # noqa: E402
 
 
 def trl_steps_per_s(
@@ -88,6 +115,277 @@ def trl_steps_per_s(
     return steps / (times[-1] - times[0])
 
 
+@dataclass
+class Checkpoint:
+    """Held-out pass@1 after `generations` sample -> train steps, and the training cost so far
+    (process CPU seconds and wall seconds, evaluation excluded)."""
+
+    generations: int
+    cpu_s: float
+    wall_s: float
+    pass1: float
+
+
+class Clock:
+    """Training time so far: process CPU time and wall time, minus the time spent evaluating."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+
+    def checkpoint(self, generations: int, score) -> Checkpoint:
+        """Stop the clock while `score()` runs; book its result at the time before it."""
+        cpu, wall = time.process_time(), time.perf_counter()
+        point = Checkpoint(generations, cpu - self.cpu0, wall - self.wall0, score())
+        self.cpu0 += time.process_time() - cpu
+        self.wall0 += time.perf_counter() - wall
+        return point
+
+
+@dataclass
+class GrpoSetup:
+    """What both frameworks share: the SFT-trained start, the prompts, the yardstick."""
+
+    family: AdditionFamily
+    base: TinyModel
+    train: list[Task]
+    heldout: list[Task]
+    start: float
+    """pass@1 of `base` on the held-out tasks."""
+    train_pass1: float
+    """... and on (up to 500 of) the training tasks."""
+
+
+def grpo_setup(args: argparse.Namespace) -> GrpoSetup:
+    """Seed a tiny model, SFT it for `sft_steps` on 1..`level`-digit sums, draw the tasks."""
+    family = AdditionFamily()
+    tasks_cfg = TasksConfig(heldout_levels=[args.level], heldout_per_level=args.heldout)
+    heldout = make_heldout(family, tasks_cfg)
+    held = {t.id for t in heldout}
+    rng = random.Random(args.seed)
+    train: dict[str, Task] = {}
+    while len(train) < args.train_tasks:
+        t = family.make(rng, args.level)
+        if t.id not in held:
+            train.setdefault(t.id, t)
+    cfg = ModelConfig(
+        dim=args.dim, n_layers=args.layers, n_heads=args.heads, max_seq_len=32, threads=1
+    )
+    base = TinyModel.create(cfg, seed=args.seed)
+    examples = [
+        SFTExample(t.prompt, family.completion(t))
+        for level in range(1, args.level + 1)
+        for t in (family.make(rng, level) for _ in range(args.sft_steps * 64 // args.level))
+        if t.id not in held
+    ]
+    sft = TrainConfig(lr=2e-3, steps=args.sft_steps, batch_size=64, warmup_steps=20)
+    train_sft(base, examples, sft, seed=args.seed)
+    tasks = list(train.values())
+    start = evaluate(base, family, heldout, args.max_new)["pass@1"]
+    train_pass1 = evaluate(base, family, tasks[:500], args.max_new)["pass@1"]
+    return GrpoSetup(family, base, tasks, heldout, start, train_pass1)
+
+
+def grpo_train_config(args: argparse.Namespace) -> tuple[TrainConfig, RLConfig]:
+    """Our side of the shared hyper-parameters (TRL's are set to match in `trl_grpo`)."""
+    steps = args.prompts * args.group // args.batch
+    train = TrainConfig(
+        lr=args.lr,
+        steps=steps,
+        batch_size=args.batch,
+        warmup_steps=0,
+        min_lr_ratio=1.0,
+        weight_decay=0.0,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+    )
+    rl = RLConfig(
+        scale_advantages=True,
+        clip_low=0.2,
+        clip_high=0.28,
+        kl_beta=0.0,
+        aggregation="token",
+        dynamic_sampling=False,  # TRL keeps groups of equal rewards (zero advantage) in the loss
+    )
+    return train, rl
+
+
+def ours_grpo(setup: GrpoSetup, args: argparse.Namespace) -> list[Checkpoint]:
+    """Our on-policy loop: sampler -> verifier rewards -> `train_policy_gradient`, per generation."""
+    model = setup.base.copy()
+    train, rl = grpo_train_config(args)
+    opt = adamw(model.module, train)
+    rng = random.Random(args.seed)
+    order: list[Task] = []
+    clock = Clock()
+    points = [Checkpoint(0, 0.0, 0.0, setup.start)]
+    for gen in range(1, args.generations + 1):
+        if len(order) < args.prompts:  # shuffled passes over the training prompts
+            order += rng.sample(setup.train, len(setup.train))
+        batch, order = order[: args.prompts], order[args.prompts :]
+        sampling = Sampling(temperature=1.0, max_new_tokens=args.max_new, seed=args.seed + gen)
+        comps = model.generate([t.prompt for t in batch], args.group, sampling)
+        groups = []
+        for t, cs in zip(batch, comps, strict=True):
+            texts = [c.text for c in cs]
+            rewards = [setup.family.verify(t, setup.family.parse(x)[1]) for x in texts]
+            groups.append(Group(t.id, t.prompt, texts, rewards))
+        train_policy_gradient(
+            model,
+            groups,
+            train,
+            rl,
+            seed=args.seed + gen,
+            max_new_tokens=args.max_new,
+            optimizer=opt,
+        )
+        if gen % args.eval_every == 0 or gen == args.generations:
+            score = lambda: evaluate(model, setup.family, setup.heldout, args.max_new)["pass@1"]  # noqa: E731
+            points.append(clock.checkpoint(gen, score))
+    return points
+
+
+def trl_grpo(setup: GrpoSetup, hf_dir: str, args: argparse.Namespace) -> list[Checkpoint]:
+    """TRL's GRPOTrainer on the exported copy, with the same settings as `grpo_train_config`."""
+    import transformers
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+    from trl import GRPOConfig, GRPOTrainer
+
+    disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir)
+    # Our completions end at a newline (the tiny sampler's stop): make it an eos for TRL's
+    # generation and for its completion mask, as "</s>" already is.
+    model.generation_config.eos_token_id = [EOS_ID, NEWLINE_ID]
+    by_id = {t.id: t for t in setup.train}
+    # "<s>" is the bos token: TRL's tokenizer call adds none, and the tiny model always has one.
+    data = Dataset.from_list([{"prompt": "<s>" + t.prompt, "task_id": t.id} for t in setup.train])
+
+    def reward(completions: list[str], task_id: list[str], **_) -> list[float]:
+        family = setup.family
+        return [
+            family.verify(by_id[i], family.parse(c)[1])
+            for c, i in zip(completions, task_id, strict=True)
+        ]
+
+    steps = args.prompts * args.group // args.batch
+    judge = setup.base.copy()
+    points = [Checkpoint(0, 0.0, 0.0, setup.start)]
+    clock: list[Clock] = []
+
+    def score(module) -> float:
+        load_hf_state_dict(judge, module.state_dict())
+        return evaluate(judge, setup.family, setup.heldout, args.max_new)["pass@1"]
+
+    class Evaluate(transformers.TrainerCallback):
+        def on_train_begin(self, a, state, control, **kwargs):
+            clock.append(Clock())
+
+        def on_step_end(self, a, state, control, model=None, **kwargs):
+            gen = state.global_step // steps
+            if state.global_step % steps == 0 and (
+                gen % args.eval_every == 0 or gen == args.generations
+            ):
+                points.append(clock[0].checkpoint(gen, lambda: score(model)))
+
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out,
+            max_steps=args.generations * steps,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            steps_per_generation=steps,
+            num_generations=args.group,
+            num_iterations=1,
+            max_completion_length=args.max_new,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            adam_beta2=0.95,
+            max_grad_norm=1.0,
+            beta=0.0,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            loss_type="bnpo",
+            scale_rewards="group",
+            mask_truncated_completions=False,
+            use_vllm=False,
+            use_cpu=True,
+            bf16=False,
+            report_to=[],
+            logging_steps=10_000,
+            save_strategy="no",
+            dataloader_num_workers=0,
+            seed=args.seed,
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=config,
+            train_dataset=data,
+            processing_class=hf_tokenizer(),
+            callbacks=[Evaluate()],
+        )
+        torch.set_num_threads(1)  # the Trainer may reset it
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics at the end
+            trainer.train()
+    return points
+
+
+def first_reaching(points: list[Checkpoint], target: float) -> Checkpoint | None:
+    """The earliest checkpoint at or above `target` pass@1 (None: never)."""
+    return next((p for p in points if p.pass1 >= target), None)
+
+
+def grpo_main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    setup = grpo_setup(args)
+    steps = args.prompts * args.group // args.batch
+    print(
+        f"GRPO on {args.level}-digit addition: tiny dim {args.dim} x {args.layers}, SFT "
+        f"{args.sft_steps} steps -> pass@1 {setup.train_pass1:.2f} on training tasks, "
+        f"{setup.start:.2f} on {len(setup.heldout)} held-out\n{args.generations} generations x "
+        f"{args.prompts} prompts x {args.group} samples, {steps} steps of {args.batch}, lr "
+        f"{args.lr}, 1 thread, fp32 CPU; CPU s = process time, evaluation excluded\n",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        setup.base.export_hf(d)
+        runs = {"ours": ours_grpo(setup, args), "TRL": trl_grpo(setup, d, args)}
+    print(
+        f"{'gen':>5}"
+        + "".join(f"{n + ' pass@1':>14}{n + ' CPU s':>12}{n + ' wall s':>12}" for n in runs)
+    )
+    for row in zip(*runs.values(), strict=True):
+        cells = "".join(f"{p.pass1:>14.3f}{p.cpu_s:>12.1f}{p.wall_s:>12.1f}" for p in row)
+        print(f"{row[0].generations:>5}{cells}")
+    ours, theirs = runs["ours"][-1], runs["TRL"][-1]
+    if theirs.pass1 <= setup.start:
+        print(f"\nTRL's final pass@1 {theirs.pass1:.3f} is no better than the start: no ratio")
+        return
+    reach = first_reaching(runs["ours"], theirs.pass1)
+    print(
+        f"\nfinal pass@1: ours {ours.pass1:.3f} in {ours.cpu_s:.1f} CPU s, TRL {theirs.pass1:.3f} in "
+        f"{theirs.cpu_s:.1f} CPU s; ours / TRL CPU time per generation "
+        f"{ours.cpu_s / theirs.cpu_s:.3f}"
+    )
+    if reach is None:
+        print(
+            f"ours never reached TRL's final pass@1 {theirs.pass1:.3f} within {args.generations} generations"
+        )
+    else:
+        print(
+            f"ours reached TRL's final pass@1 {theirs.pass1:.3f} at generation {reach.generations}, "
+            f"{reach.cpu_s:.1f} CPU s: {reach.cpu_s / theirs.cpu_s:.3f} of TRL's CPU time"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,7 +394,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
+    grpo = ap.add_argument_group("--grpo: our GRPO vs TRL's GRPOTrainer")
+    grpo.add_argument("--grpo", action="store_true", help="run this comparison instead of SFT")
+    grpo.add_argument("--generations", type=int, default=40, help="sample -> train steps")
+    grpo.add_argument("--prompts", type=int, default=16, help="prompts per generation")
+    grpo.add_argument("--group", type=int, default=8, help="samples per prompt (group size)")
+    grpo.add_argument("--lr", type=float, default=1e-4)
+    grpo.add_argument("--eval-every", type=int, default=5, help="generations between evals")
+    grpo.add_argument("--level", type=int, default=3, help="digits of the training sums")
+    grpo.add_argument("--sft-steps", type=int, default=150, help="SFT before RL")
+    grpo.add_argument("--max-new", type=int, default=8, help="completion tokens at most")
+    grpo.add_argument("--train-tasks", type=int, default=2000)
+    grpo.add_argument("--heldout", type=int, default=200, help="held-out tasks")
+    grpo.add_argument("--dim", type=int, default=64)
+    grpo.add_argument("--layers", type=int, default=2)
+    grpo.add_argument("--heads", type=int, default=4)
+    grpo.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.grpo:
+        if (args.prompts * args.group) % args.batch:
+            ap.error(
+                f"--prompts x --group ({args.prompts * args.group}) must be a multiple of --batch"
+            )
+        warnings.simplefilter("ignore")
+        grpo_main(args)
+        return
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     print(

@@ -210,6 +210,114 @@ class TasksConfig(Section):
     """Seed of the held-out set, independent of the run seed so runs share one yardstick."""
 
 
+class ReliabilityConfig(Section):
+    """Checks a proposed task passes before the Reasoner trains on it
+    (`tasks/reliability.py`); each rejection is recorded with its reason in the round's
+    `rejected_tasks.parquet` and counted in the propose phase's info."""
+
+    enabled: bool = False
+    """Run the checks on every round's proposed tasks (round 0 included)."""
+    execution_check: bool = True
+    """Program tasks: re-run the program in the sandbox and reject when its value differs from
+    the stated answer or the run fails."""
+    scorer: Literal["none", "rule"] = "rule"
+    """Task-quality scorer: `rule` (well-formed prompt and answer, no leaked answer) or none."""
+    min_score: float = Field(1.0, ge=0, le=1)
+    """Tasks the scorer rates below this are rejected (`low_score`)."""
+    samples: int = Field(0, ge=0)
+    """Solutions sampled per task from the current model (rounds after 0); 0: no sampled check."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the sampled check."""
+    dispute_share: float = Field(0.75, gt=0, le=1)
+    """When this share of samples agrees on another answer than the gold, the gold is
+    re-derived; a gold that fails the re-derivation is rejected (`gold_disputed`)."""
+    min_agreement: float | None = Field(None, gt=0, le=1)
+    """Reject tasks whose most common sampled answer has a smaller share (`ambiguous`); None:
+    off (hard tasks the model fails in scattered ways are kept)."""
+
+
+class ProposerConfig(Section):
+    """The learned proposer of `creator.mode: self-play` (`tasks/proposer.py`, Absolute Zero):
+    the model writes programs from `?L<level>:` prompts, the sandbox runs them for the gold
+    answer, the solver attempts them, and the proposals with a positive learnability reward
+    (1 - solve rate when 0 < solve rate < 1, else 0) are trained on by rejection-sampling SFT."""
+
+    proposals: int = Field(256, gt=0)
+    """Programs sampled per round (before the checks); the round keeps at most
+    `creator.per_round` verified, distinct ones."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the proposals."""
+    max_new_tokens: int = Field(48, gt=0)
+    """Longest proposal, in tokens."""
+    min_tasks: int = Field(16, ge=0)
+    """When fewer proposals verify, the round is topped up with generator tasks at the frontier
+    (counted as `filled`), so the solver always has work."""
+    min_reward: float = Field(0.0, ge=0, lt=1)
+    """Proposals whose learnability reward exceeds this become proposer training examples."""
+    seed_examples: int = Field(1000, ge=0)
+    """Round 0: proposer examples (`?L<ops>:` -> program) from the generator, teaching the format."""
+
+
+class LLMEvolveConfig(Section):
+    """LLM-driven evolution operators (`tasks/llm_evolve.py`: Evol-Instruct's add_constraints,
+    deepen, concretise, increase_reasoning, complicate_input; MetaMath's rephrase, backward)
+    through an OpenAI-compatible endpoint. Each round after 0 adds up to `share * per_round`
+    evolved tasks made from the round's tasks; a candidate is kept only when it parses,
+    validates and its answer is verified (sandbox for programs, two agreeing LLM answers for
+    text tasks); rejections go to `rejected_tasks.parquet` with their reason."""
+
+    enabled: bool = False
+    base_url: str | None = None
+    """The endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, `reasonloop serve`)."""
+    model_name: str | None = None
+    """The `model` each request names; also written into `made_by` (`llm-evolve:<op>@<model>`)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself)."""
+    api: Literal["completions", "chat"] = "completions"
+    """Which endpoint: /completions (raw prompt) or /chat/completions (one user message)."""
+    operators: list[str] = Field(
+        default_factory=lambda: [
+            "add_constraints",
+            "deepen",
+            "concretise",
+            "increase_reasoning",
+            "complicate_input",
+            "rephrase",
+            "backward",
+        ]
+    )
+    """Operators drawn from, uniformly, one per candidate."""
+    share: float = Field(0.25, gt=0, le=1)
+    """Candidates per round, as a share of `creator.per_round`."""
+    temperature: float = Field(0.7, ge=0)
+    max_new_tokens: int = Field(256, gt=0)
+    max_chars: int = Field(600, gt=0)
+    """Evolved questions longer than this are rejected (`too_long`); keep it within the
+    solver's context (`model.max_seq_len` for the tiny backend)."""
+    ascii_only: bool = True
+    """Reject evolved questions with characters outside printable ASCII (`bad_charset`): the
+    tiny backend reads nothing else."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per request, as `model.timeout_s`."""
+
+    @model_validator(mode="after")
+    def _llm_evolve(self) -> LLMEvolveConfig:
+        from reasonloop.tasks.llm_evolve import OPERATORS
+
+        if unknown := [o for o in self.operators if o not in OPERATORS]:
+            raise ValueError(
+                f"creator.llm_evolve.operators: unknown {unknown}; known: {sorted(OPERATORS)}"
+            )
+        if self.enabled and not (self.base_url and self.model_name):
+            raise ValueError(
+                "creator.llm_evolve.enabled needs base_url (e.g. http://127.0.0.1:8000/v1) and "
+                "model_name"
+            )
+        if self.enabled and not self.operators:
+            raise ValueError("creator.llm_evolve.operators: empty; name at least one operator")
+        return self
+
+
 class CreatorConfig(Section):
     """The Task Creator: proposes each round's tasks and moves the difficulty frontier."""
 
@@ -227,10 +335,12 @@ class CreatorConfig(Section):
     """Levels the frontier moves when mastered."""
     max_level: int | None = None
     """Cap on the frontier; default: the family's hardest level."""
-    mode: Literal["frontier", "adaptive"] = "frontier"
+    mode: Literal["frontier", "adaptive", "self-play"] = "frontier"
     """`frontier`: move up a level once the frontier is mastered; `adaptive`: each round pick
     the level whose measured success p (training tasks, last round that drew it) lies in
-    `target_band` with the highest learnability p(1-p), and go up a level when none does."""
+    `target_band` with the highest learnability p(1-p), and go up a level when none does;
+    `self-play`: after round 0 the model itself proposes the tasks (`proposer`; needs
+    `tasks.family: program`), at the frontier levels."""
     target_band: tuple[float, float] = (0.2, 0.8)
     """adaptive: the success rates worth training at (below: too hard, above: mastered)."""
     evolve: list[str] = Field(default_factory=list)
@@ -241,6 +351,12 @@ class CreatorConfig(Section):
     dedup_threshold: float | None = Field(None, gt=0, le=1)
     """Drop proposed tasks whose character-3-gram Jaccard similarity to a task of this or an
     earlier round exceeds this; None: keep all distinct tasks."""
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    """Reliability checks on proposed tasks (off by default)."""
+    proposer: ProposerConfig = Field(default_factory=ProposerConfig)
+    """The learned proposer (used only with `mode: self-play`)."""
+    llm_evolve: LLMEvolveConfig = Field(default_factory=LLMEvolveConfig)
+    """LLM-driven evolution through an OpenAI-compatible endpoint (off by default)."""
 
     @model_validator(mode="after")
     def _creator(self) -> CreatorConfig:
@@ -261,6 +377,58 @@ class CreatorConfig(Section):
         return self
 
 
+class SearchConfig(Section):
+    """Inference-time search measured on the held-out set (`loop/heldout_search.py`): each
+    round's eval adds `<method>@<budget>` (accuracy of the searched answer, overall and by level)
+    next to pass@1 and maj@k. `sample` (the default) adds nothing. The search's tokens count in
+    the eval's `tokens`."""
+
+    method: Literal["sample", "best_of_n", "weighted_vote", "beam", "mcts"] = "sample"
+    """`best_of_n` / `weighted_vote`: `budget` full samples selected by the scorer
+    (`reasoner/search.py`); `beam`: step-level beam search (`reasoner/beam_search.py`); `mcts`:
+    MCTS over steps with PUCT (`reasoner/mcts.py`); `sample`: no search metric."""
+    budget: int = Field(16, ge=1)
+    """Per task, in full samples' worth: best_of_n / weighted_vote draw this many samples; beam
+    draws `beam_width * expansions` (which must equal it) step samples a round; mcts stops once it
+    has generated `budget` times the tokens of the task's greedy solution."""
+    scorer: Literal["orm", "prm", "check_step"] = "orm"
+    """What guides the search: `orm` (the round's `evaluator.reward_model`, a step prefix scored
+    as an outcome), `prm` (the round's `evaluator.process_reward_model`, per step), or
+    `check_step` (the family's own step check plus the gold answer: an oracle, so its metric is an
+    upper bound, not a label-free figure). A round whose learned scorer has no checkpoint yet
+    (round 0) gets no search metric."""
+    aggregate: Literal["min", "mean", "last", "product"] = "min"
+    """How a trace's step scores become one score (ranking beams, node values, best_of_n)."""
+    beam_width: int = Field(4, ge=1)
+    """beam: partial solutions kept per task."""
+    expansions: int = Field(4, ge=1)
+    """beam, mcts: next steps sampled from each beam or expanded node."""
+    max_steps: int = Field(16, ge=1)
+    """beam, mcts: the longest solution searched, in steps."""
+    simulations: int = Field(256, ge=1)
+    """mcts: simulations per task at most (the token budget usually ends it first)."""
+    c_puct: float = Field(1.0, ge=0)
+    """mcts: exploration weight of the PUCT rule."""
+    prior: Literal["uniform", "probability"] = "uniform"
+    """mcts: prior of a child: uniform, or its sampling probability renormalised."""
+    value: Literal["step", "rollout"] = "step"
+    """mcts: a node's value is the scorer's aggregate of its steps, or the outcome score of one
+    rollout from it to the end (its tokens count in the budget)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the search's samples."""
+
+    @model_validator(mode="after")
+    def _search(self) -> SearchConfig:
+        if self.method == "beam" and self.beam_width * self.expansions != self.budget:
+            raise ValueError(
+                f"reasoner.search.beam_width * reasoner.search.expansions must equal "
+                f"reasoner.search.budget for method beam (the step samples of a round, about "
+                f"budget full samples' worth of tokens), got {self.beam_width} * "
+                f"{self.expansions} != {self.budget}"
+            )
+        return self
+
+
 class ReasonerConfig(Section):
     """How the Reasoner samples its solutions during a round."""
 
@@ -275,6 +443,8 @@ class ReasonerConfig(Section):
     """Prompts x samples decoded together in one batch."""
     greedy_sample: bool = True
     """Make the first of the k samples greedy (Lee et al. label with greedy decoding)."""
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    """Inference-time search measured on the held-out set (off by default: `method: sample`)."""
 
 
 class RewardModelConfig(Section):
@@ -299,16 +469,154 @@ class RewardModelConfig(Section):
     round from a fresh copy of the policy that sampled the round."""
 
 
+class PairwiseRewardModelConfig(Section):
+    """A pair-wise (Bradley-Terry) reward model (`evaluator/bradley_terry.py`): the ORM's network
+    trained each round (after round 0) with -log sigmoid(r_chosen - r_rejected - margin) on
+    (judged right, judged wrong) completions of the same task; its free constant is then fitted
+    on the round's judged traces so sigmoid(r) is a probability. Saved as `bt_rm.safetensors`
+    in the round's checkpoint; at eval it scores the held-out samples (needs `heldout_samples`
+    > 0): `calibration.pairwise_rm` (AUROC, ECE, bon@k). It is measured, it does not select."""
+
+    enabled: bool = False
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=5e-4, steps=200, batch_size=32, warmup_steps=10)
+    )
+    """Its own optimiser and schedule (batch_size counts pairs)."""
+    margin: float = Field(0.0, ge=0)
+    """Required reward gap: the loss is -log sigmoid(r_c - r_r - margin) (0: plain BT)."""
+    pairs_per_task: int = Field(4, ge=1)
+    """At most this many (right, wrong) pairs per task, each completion used once per side."""
+    carry: bool = True
+    """Continue from the previous round's model when its checkpoint has one."""
+
+
+class GenerativeVerifierConfig(Section):
+    """The policy model as its own judge (`evaluator/generative_verifier.py`): it reads
+    `<prompt><completion>?` and writes Y or N (after a critique with `with_critique`); the score
+    is P(Y) / (P(Y) + P(N)). Verification SFT examples are added to each round's training set
+    (round 0: reference traces and one-digit corruptions of them, labelled by the family's
+    verifier; later rounds: the round's own traces with the round's verdicts), so one model
+    learns to solve and to verify. At eval (with `heldout_samples` > 0) its calibration against
+    gold is `calibration.generative_verifier`. With `evaluator.kind: generative` its verdicts
+    also judge the round's samples."""
+
+    enabled: bool = False
+    with_critique: bool = False
+    """Write a critique before the verdict: the number of the first step the family's
+    `check_step` finds wrong, or `-`. check_step reads the task's operands, so this is not
+    label-free."""
+    examples_per_round: int = Field(256, ge=1)
+    """Verification examples added to a round's training set, balanced between Y and N as far as
+    the round allows."""
+    seed_examples: int = Field(1000, ge=0)
+    """Verification examples added to round 0's (supervised) training set."""
+    threshold: float = Field(0.5, gt=0, lt=1)
+    """`kind: generative`: a trace is judged right when its score reaches this."""
+
+
+class ProcessRewardModelConfig(Section):
+    """A learned process reward model (`evaluator/process_reward_model.py`) on Monte-Carlo step
+    labels (Math-Shepherd, `evaluator/math_shepherd.py`). Each round after the seed, up to
+    `max_traces` of the round's sampled traces are labelled by rollouts of the round's starting
+    model from each step prefix (or OmegaPRM's binary search for the first error), a copy of the
+    policy with a scalar head trains on them with masked BCE, and the PRM then filters and ranks
+    the traces the outcome evaluator kept: their aggregated step score must reach `threshold`,
+    and at most `top_k` per task stay. Saved as `prm.safetensors` in the round's checkpoint; at
+    eval it is calibrated on held-out samples (`calibration.prm`: AUROC, ECE, first-error
+    accuracy). Needs gold answers (`evaluator.kind: gold`) to check the rollouts."""
+
+    enabled: bool = False
+    mc_samples: int = Field(4, ge=1)
+    """Rollouts per sampled step prefix (Math-Shepherd's N)."""
+    binary_search: bool = False
+    """Find each wrong trace's first failing prefix by binary search (OmegaPRM: about log2(k+1)
+    prefixes instead of k; a trace judged right is labelled all-good without rollouts)."""
+    label: Literal["soft", "hard"] = "soft"
+    """Train on the share of rollouts that reach the answer (`soft`) or on whether any does."""
+    aggregation: Literal["min", "mean", "last", "product"] = "min"
+    """How a trace's step scores become one score (filtering, ranking, calibration)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the rollouts."""
+    max_traces: int = Field(200, ge=1)
+    """Traces labelled per round (a seeded random subset of the round's sampled traces), so the
+    labelling cost stays bounded: at most max_traces * steps * mc_samples rollouts."""
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=5e-4, steps=200, batch_size=32, warmup_steps=10)
+    )
+    """The PRM's own optimiser and schedule."""
+    balance: bool = True
+    """Weight the places labelled >= 0.5 by n_low / n_high (most steps of most traces are good)."""
+    carry: bool = True
+    """Continue from the previous round's PRM when its checkpoint has one; else start from a
+    fresh copy of the policy that sampled the round."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Kept traces whose aggregated PRM score is below this are dropped (0: no filter)."""
+    top_k: int | None = Field(None, ge=1)
+    """Keep at most this many of a task's kept traces, the best-scored first (None: all)."""
+    calibration_samples: int = Field(4, ge=1)
+    """Samples per held-out task the PRM is calibrated on at eval (AUROC, ECE)."""
+    injected: int = Field(100, ge=0)
+    """Held-out reference traces given one wrong step, for first-error accuracy (0: none)."""
+
+
 class EvaluatorConfig(Section):
     """How solutions are judged during a round."""
 
-    kind: Literal["gold", "consensus"] = "gold"
+    kind: Literal["gold", "consensus", "generative"] = "gold"
     """`gold`: the family's verifier against the gold answer; `consensus`: label-free majority
-    vote over the k samples (the winning answer's vote share is the confidence)."""
+    vote over the k samples (the winning answer's vote share is the confidence); `generative`:
+    label-free, the model's own verdicts (needs `generative_verifier.enabled`)."""
     min_vote_share: float = Field(0.5, ge=0, le=1)
     """consensus: keep a task's majority answer only when its share of votes reaches this."""
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     """A learned outcome reward model trained on the round's verdicts (off by default)."""
+    pairwise_reward_model: PairwiseRewardModelConfig = Field(
+        default_factory=PairwiseRewardModelConfig
+    )
+    """A Bradley-Terry reward model trained on the round's (right, wrong) pairs (off by default)."""
+    generative_verifier: GenerativeVerifierConfig = Field(default_factory=GenerativeVerifierConfig)
+    """The policy model judging in language, trained alongside it (off by default)."""
+    process_reward_model: ProcessRewardModelConfig = Field(default_factory=ProcessRewardModelConfig)
+    """A process reward model on Monte-Carlo step labels that filters the Reasoner's data (off
+    by default)."""
+
+
+class CorrectConfig(Section):
+    """The Post-Processor's correction of wrong traces (`postprocess/self_refine.py`,
+    `postprocess/corrector.py`, `algorithms/score.py`). Off by default.
+
+    Corrections are made in the process phase (rounds after 0) by the model that sampled the
+    round, from a correction prompt `<task prompt><attempt>|<feedback>|`; each is a Trace with
+    `parent` = the trace it corrects, judged by the round's Evaluator, given a Decision like any
+    trace (so a right correction can become training data), and stored in the round's
+    `corrections.parquet` / `correction_judgements.parquet`. With a mode on, every round's
+    held-out metrics add `correction: {fixed, broken, ...}` (`loop/heldout_correction.py`)."""
+
+    mode: Literal["none", "refine", "corrector", "score"] = "none"
+    """`none`: no correction; `refine`: Self-Refine at inference, traces judged wrong are
+    corrected with the Evaluator's feedback up to `attempts` times; `corrector`: the same, and the
+    model is also trained by behaviour cloning on (wrong attempt -> right trace) correction
+    examples of the round (needs a behaviour-cloning algorithm); `score`: every first attempt gets
+    one second attempt without feedback, trained by the policy-gradient algorithm (grpo or rloo)
+    on the SCoRe reward r2 + alpha * (r2 - r1)."""
+    attempts: int = Field(1, ge=1, le=8)
+    """refine, corrector: corrections per wrong trace at most (stops once judged right)."""
+    feedback: Literal["none", "outcome", "step"] = "outcome"
+    """refine, corrector: what the correction prompt tells the model: nothing (`?`), that the
+    attempt was judged wrong (`x`), or its first wrong step's index (step judgements, else the
+    family's `check_step`; `x` when none is found). `score` always gives none (SCoRe)."""
+    pairs_per_task: int = Field(2, ge=1)
+    """corrector: wrong traces per task turned into correction examples (each paired with one of
+    the task's right traces)."""
+    alpha: float = Field(1.0, ge=0)
+    """score: weight of the improvement bonus alpha * (r2 - r1) on the second attempt's reward."""
+    seed_pairs: int = Field(0, ge=0)
+    """Round 0 (the supervised seed, whose traces are all right): this many reference traces get
+    a correction example each, with one answer digit changed as the wrong attempt, so the model
+    can follow a correction prompt from round 1 on (any mode); 0: none."""
+    train_first: bool = True
+    """score: also train the first attempts (plain GRPO/RLOO groups, reward r1), the other half
+    of SCoRe's stage-II objective; False trains the second attempts only."""
 
 
 class PostProcessConfig(Section):
@@ -324,6 +632,8 @@ class PostProcessConfig(Section):
     """Length sanity: traces longer than this are dropped."""
     check_steps: bool = True
     """Drop traces with a step the family can check and finds wrong (when it can check steps)."""
+    correct: CorrectConfig = Field(default_factory=CorrectConfig)
+    """Correction of wrong traces: Self-Refine, a trained corrector, or SCoRe (off by default)."""
 
 
 class DPOConfig(Section):
@@ -364,6 +674,29 @@ class RLConfig(Section):
     """Drop groups whose rewards are all equal (they have no advantage signal)."""
     overlong_cache: int = Field(0, ge=0)
     """DAPO soft overlong penalty over the last this-many tokens of max_new_tokens (0: off)."""
+    # -- dense rewards and model-based rewards (loop/rl_inputs.py) --
+    dense_reward: Literal["none", "implicit", "step-check", "prm"] = "none"
+    """Per-token rewards added to the outcome reward (grpo, rloo: their leave-one-out-baselined
+    returns-to-go join each token's advantage, PRIME's recipe; ppo: they join GAE's rewards).
+    `implicit`: PRIME's beta * log(pi_phi / pi_ref), pi_phi trained each round on the round's
+    verdicts (`evaluator/implicit_reward.py`); `step-check`: the family's `check_step` as a step
+    verifier, each checked step paying p - 1 (0 right, -1 wrong) at the token that ends it;
+    `prm`: the round's learned process reward model (evaluator.process_reward_model), each
+    step's probability p paying p - 1 at the token that ends it."""
+    dense_weight: float = Field(1.0, gt=0)
+    """Scale of the dense rewards against the outcome reward."""
+    implicit_beta: float = Field(0.05, gt=0)
+    """dense_reward implicit: beta of r_t = beta * log(pi_phi(y_t) / pi_ref(y_t))."""
+    implicit_train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=5e-4, steps=40, batch_size=32, warmup_steps=5)
+    )
+    """dense_reward implicit: pi_phi's optimiser and schedule (outcome BCE on the round's traces)."""
+    reward: Literal["verifier", "orm"] = "verifier"
+    """grpo, rloo: where a sample's reward comes from. `verifier`: the evaluator's outcome score;
+    `orm`: model-based RL, the learned outcome reward model (needs evaluator.reward_model.enabled)
+    stands in for the environment: round 1 trains it on its verdicts and is rewarded by the
+    verifier, every later round is rewarded by the previous round's ORM, which is then frozen
+    (no label reaches training after round 1; the verifier only measures)."""
 
 
 class PPOConfig(Section):
@@ -433,6 +766,10 @@ class StrategyConfig(Section):
     """Used when algorithm is grpo or rloo."""
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     """Used when algorithm is ppo."""
+    offline_rounds: int = Field(0, ge=0)
+    """grpo, rloo: also train on the stored groups (traces and verdicts) of up to this many
+    earlier rounds, offline: no new samples, importance ratios against the policy that sampled
+    each round (recomputed from its checkpoint; `algorithms/offline_rl.py`). 0: this round only."""
 
 
 class ClusterConfig(Section):
@@ -509,6 +846,52 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _self_play(self) -> RunConfig:
+        # The proposer writes programs that the sandbox runs: only the program family reads them.
+        if self.creator.mode == "self-play" and self.tasks.family != "program":
+            raise ValueError(
+                f"creator.mode 'self-play' needs tasks.family: program (the learned proposer "
+                f"writes programs), got tasks.family {self.tasks.family!r}"
+            )
+        if self.creator.mode == "self-play" and self.strategy.algorithm not in (
+            "star",
+            "rft",
+            "rest-em",
+            "easy-to-hard",
+        ):
+            raise ValueError(
+                "creator.mode 'self-play' trains its proposer by rejection-sampling SFT beside "
+                "the solver: strategy.algorithm must be star, rft, rest-em or easy-to-hard, got "
+                f"{self.strategy.algorithm!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _correct(self) -> RunConfig:
+        mode, algorithm = self.postprocess.correct.mode, self.strategy.algorithm
+        sft = ("star", "rft", "rest-em", "easy-to-hard")
+        if mode == "corrector" and algorithm not in sft:
+            raise ValueError(
+                f"postprocess.correct.mode 'corrector' trains correction examples by behaviour "
+                f"cloning; strategy.algorithm {algorithm!r} does not (use one of {list(sft)})"
+            )
+        if mode == "score" and algorithm not in ("grpo", "rloo"):
+            raise ValueError(
+                f"postprocess.correct.mode 'score' trains second attempts by policy gradient; "
+                f"strategy.algorithm {algorithm!r} does not (use grpo or rloo)"
+            )
+        rl = self.strategy.rl
+        if mode == "score" and (
+            rl.dense_reward != "none" or rl.reward != "verifier" or self.strategy.offline_rounds
+        ):
+            raise ValueError(
+                "postprocess.correct.mode 'score' rewards second attempts from the round's "
+                "verdicts only: it needs strategy.rl.dense_reward: none, strategy.rl.reward: "
+                "verifier and strategy.offline_rounds: 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _reward_model(self) -> RunConfig:
         # Its only outputs are measured on held-out samples: without them it would train unseen.
         if self.evaluator.reward_model.enabled and self.heldout_samples == 0:
@@ -518,9 +901,100 @@ class RunConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _search(self) -> RunConfig:
+        search = self.reasoner.search
+        if search.method == "sample":
+            return self
+        needs = {"orm": "reward_model", "prm": "process_reward_model"}.get(search.scorer)
+        if needs and not getattr(self.evaluator, needs).enabled:
+            raise ValueError(
+                f"reasoner.search.scorer {search.scorer!r} needs evaluator.{needs}.enabled "
+                "(the search is guided by the round's trained model)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _process_reward_model(self) -> RunConfig:
+        prm = self.evaluator.process_reward_model
+        if not prm.enabled:
+            return self
+        if self.evaluator.kind != "gold":
+            raise ValueError(
+                "evaluator.process_reward_model.enabled checks its Monte-Carlo rollouts against "
+                f"the gold answer: evaluator.kind must be gold, got {self.evaluator.kind!r}"
+            )
+        bc = ("star", "rft", "rest-em", "easy-to-hard")
+        if self.strategy.algorithm not in bc:
+            raise ValueError(
+                "evaluator.process_reward_model.enabled filters the round's SFT data: "
+                f"strategy.algorithm must be one of {', '.join(bc)}, got "
+                f"{self.strategy.algorithm!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _learned_judges(self) -> RunConfig:
+        ev = self.evaluator
+        if ev.pairwise_reward_model.enabled and self.heldout_samples == 0:
+            raise ValueError(
+                "evaluator.pairwise_reward_model.enabled needs heldout_samples > 0 (its "
+                "calibration and bon@k are measured on the held-out samples)"
+            )
+        if ev.kind == "generative" and not ev.generative_verifier.enabled:
+            raise ValueError(
+                "evaluator.kind 'generative' needs evaluator.generative_verifier.enabled: true "
+                "(the model must be trained to verify before its verdicts can judge)"
+            )
+        fits = ("star", "rft", "rest-em", "easy-to-hard", "iterative-dpo")
+        if ev.generative_verifier.enabled and self.strategy.algorithm not in fits:
+            raise ValueError(
+                "evaluator.generative_verifier.enabled trains the verifier through the round's "
+                f"SFT examples or DPO pairs: strategy.algorithm must be one of {', '.join(fits)}, "
+                f"got {self.strategy.algorithm!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rl_signals(self) -> RunConfig:
+        # Dense, model-based and offline rewards only feed the policy-gradient trainers.
+        st, rl = self.strategy, self.strategy.rl
+        pg = ("grpo", "rloo")
+        if rl.dense_reward != "none" and st.algorithm not in (*pg, "ppo"):
+            raise ValueError(
+                f"strategy.rl.dense_reward {rl.dense_reward!r} needs strategy.algorithm grpo, "
+                f"rloo or ppo, got {st.algorithm!r} (or set dense_reward: none)"
+            )
+        if rl.dense_reward == "prm" and not self.evaluator.process_reward_model.enabled:
+            raise ValueError(
+                "strategy.rl.dense_reward 'prm' needs evaluator.process_reward_model.enabled: "
+                "true (its step scores are the dense rewards)"
+            )
+        if rl.reward == "orm":
+            if st.algorithm not in pg:
+                raise ValueError(
+                    f"strategy.rl.reward 'orm' needs strategy.algorithm grpo or rloo, got "
+                    f"{st.algorithm!r} (or set reward: verifier)"
+                )
+            if not self.evaluator.reward_model.enabled:
+                raise ValueError(
+                    "strategy.rl.reward 'orm' needs evaluator.reward_model.enabled: true (the "
+                    "learned reward model is the reward)"
+                )
+        if st.offline_rounds and st.algorithm not in pg:
+            raise ValueError(
+                f"strategy.offline_rounds {st.offline_rounds} needs strategy.algorithm grpo or "
+                f"rloo, got {st.algorithm!r} (or set offline_rounds: 0)"
+            )
+        return self
+
     @property
     def uses_gold_after_seed(self) -> bool:
-        return self.evaluator.kind == "gold" or self.strategy.rationalize
+        # A generated critique is taught from the family's step checker (it reads the task's
+        # operands): conservatively counted as gold supervision.
+        gv = self.evaluator.generative_verifier
+        critique = gv.enabled and gv.with_critique
+        return self.evaluator.kind == "gold" or self.strategy.rationalize or critique
 
 
 # --- loading: presets, YAML files, overrides ----------------------------------------------

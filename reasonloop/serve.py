@@ -133,6 +133,14 @@ def resolve_checkpoint(path: str | Path, round_: int | None = None) -> tuple[Pat
         r = done[-1] if round_ is None else round_
         if r not in done:
             raise ConfigError(f"--round {r}: no checkpoint for that round in {root} (have {done})")
+        from reasonloop.loop.run import RunMismatchError, check_checkpoint
+        from reasonloop.loop.store import CorruptRunError
+
+        # The same check a resumed run makes: a damaged or foreign checkpoint is named, not served.
+        try:
+            check_checkpoint(rd.checkpoint(r), cfg.model)
+        except (CorruptRunError, RunMismatchError) as e:
+            raise ConfigError(str(e)) from None
         return rd.checkpoint(r), cfg.model.backend, f"{root.resolve().name}-r{r:03d}"
     if round_ is not None:
         raise ConfigError(f"--round {round_}: {root} is a checkpoint, not a run directory")

@@ -351,6 +351,17 @@ def test_resolve_a_run_dir_or_a_checkpoint(tmp_path, copier):
     assert cli.main(["serve", str(tmp_path / "missing")]) == 2
 
 
+def test_a_foreign_checkpoint_in_a_run_dir_is_refused_by_name(tmp_path, copier):
+    run = _run_dir(tmp_path, copier)
+    foreign = ModelConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=32)
+    TinyModel.create(foreign, seed=1).save(run / "checkpoints" / "r001")
+    with pytest.raises(ConfigError, match=r"r001: this checkpoint does not match .*dim 64 there"):
+        resolve_checkpoint(run)
+    (run / "checkpoints" / "r000" / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ConfigError, match=r"r000/model.safetensors: damaged weights"):
+        resolve_checkpoint(run, 0)
+
+
 def test_cli_serves_a_run_dirs_round(tmp_path, copier):
     run = _run_dir(tmp_path, copier)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonloop import distributed
+from reasonloop.algorithms.dense_reward import dense_advantages
 from reasonloop.algorithms.grpo import (
     group_advantages,
     grpo_loss,
@@ -59,6 +60,9 @@ class Group:
     prompt: str
     completions: list[str]
     rewards: list[float]
+    prompts: list[str] | None = None
+    """One prompt per completion, when they differ within the group (SCoRe's second attempts,
+    `score.py`: each answers a correction prompt of the same task); None: all use `prompt`."""
 
 
 def groups_from_round(
@@ -114,9 +118,21 @@ def train_policy_gradient(
     reference: LanguageModel | None = None,
     max_new_tokens: int = 128,
     on_step: Callable[[dict], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    dense: list[list[torch.Tensor]] | None = None,
+    behaviour: list[list[torch.Tensor | None]] | None = None,
 ) -> dict:
     """Train `model` in place on the groups' completions; returns per-step loss, KL, clip
-    fraction, and the round's mean reward and share of groups kept by dynamic sampling."""
+    fraction, and the round's mean reward and share of groups kept by dynamic sampling.
+
+    `optimizer` (an `optim.adamw` of this model) carries its moments over from earlier calls,
+    as in an on-policy run of many sample -> train steps; None starts a fresh AdamW (a round).
+
+    `dense` (per group, per completion: 1-D rewards, one per completion token) turns each
+    completion's advantage into per-token advantages, `dense_reward.dense_advantages` with
+    `rl.dense_weight`. `behaviour` (same layout; None for a row the current model sampled) are
+    the log-probs of the policy that sampled a stored completion (offline RL): its ratio is taken
+    against them instead of the current model's."""
     stats: dict = {
         "steps": 0,
         "seconds": 0.0,
@@ -136,8 +152,13 @@ def train_policy_gradient(
     tok = model.tokenizer
     encoded = [
         [
-            encode_example(tok, SFTExample(prompt=g.prompt, completion=c, task_id=g.task_id))
-            for c in g.completions
+            encode_example(
+                tok,
+                SFTExample(
+                    prompt=g.prompts[j] if g.prompts else g.prompt, completion=c, task_id=g.task_id
+                ),
+            )
+            for j, c in enumerate(g.completions)
         ]
         for g in groups
     ]
@@ -150,13 +171,16 @@ def train_policy_gradient(
     seqs, adv = [], []
     for i, a in zip(kept, advs, strict=True):
         seqs += encoded[i]
-        adv += a
+        adv += a if dense is None else _dense_rows(a, dense[i], lengths[i], rl.dense_weight)
     old = frozen_token_logps(model, seqs)
+    if behaviour is not None:
+        stored = [b for i in kept for b in behaviour[i]]
+        old = [o if b is None else b.to(o) for o, b in zip(old, stored, strict=True)]
     ref = frozen_token_logps(reference, seqs) if rl.kl_beta and reference is not None else None
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
     module = model.module
-    opt = adamw(module, cfg)
+    opt = optimizer if optimizer is not None else adamw(module, cfg)
     rng = random.Random(seed)
     was_training = module.training
     module.train()
@@ -172,7 +196,10 @@ def train_policy_gradient(
                 logps, mask = token_logps(model, [seqs[i] for i in rows])
                 old_b = _pad([old[i] for i in rows], mask)
                 ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
-                a = torch.tensor([adv[i] for i in rows], dtype=logps.dtype, device=logps.device)
+                if dense is None:
+                    a = torch.tensor([adv[i] for i in rows], dtype=logps.dtype, device=logps.device)
+                else:
+                    a = _pad([adv[i] for i in rows], mask)
                 loss, s = grpo_loss(
                     logps,
                     a,
@@ -215,6 +242,7 @@ def train_ppo(
     seed: int,
     reference: LanguageModel | None = None,
     on_step: Callable[[dict], None] | None = None,
+    dense: list[list[torch.Tensor]] | None = None,
 ) -> dict:
     """Train the policy `model` and its `critic` in place on the groups' completions (every
     completion, groups of equal rewards too: the critic, not the group, is the baseline).
@@ -256,7 +284,13 @@ def train_ppo(
     old = frozen_token_logps(model, seqs)
     ref = frozen_token_logps(reference, seqs) if ppo.kl_beta and reference is not None else None
     old_values = frozen_values(critic, seqs)
-    adv, returns = _ppo_targets(old, old_values, outcome, ref, ppo)
+    flat = None
+    if dense is not None:  # already weighted: they join the per-token rewards GAE reads
+        flat = [d for g in dense for d in g]
+        for d, o in zip(flat, old, strict=True):
+            if len(d) != len(o):
+                raise ValueError(f"a dense reward row has {len(d)} values for {len(o)} tokens")
+    adv, returns = _ppo_targets(old, old_values, outcome, ref, ppo, flat)
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
     critic_cfg = cfg.model_copy(update={"lr": ppo.critic_lr})
@@ -339,6 +373,7 @@ def _ppo_targets(
     outcome: list[float],
     ref: list[torch.Tensor] | None,
     ppo: PPOConfig,
+    dense: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-completion advantages and returns (1-D, one value per completion token) of the whole
     rollout batch, so whitening sees every token of the round, not one minibatch."""
@@ -350,7 +385,8 @@ def _ppo_targets(
 
     logps, values = stack(old), stack(old_values)
     kl = logps - stack(ref) if ref is not None else None
-    rewards = token_rewards(torch.tensor(outcome), mask, kl, ppo.kl_beta)
+    extra = stack(dense) if dense is not None else None
+    rewards = token_rewards(torch.tensor(outcome), mask, kl, ppo.kl_beta, extra)
     adv, returns = gae(rewards, values, mask, ppo.gamma, ppo.lam)
     if ppo.whiten_advantages:
         adv = whiten(adv, mask)
@@ -376,6 +412,16 @@ def _explained_variance_of_sums(sums: list[float]) -> float:
     if var_r <= 1e-12 * r2 / n:
         return 0.0
     return 1.0 - (d2 - d * d / n) / (n - 1) / var_r
+
+
+def _dense_rows(
+    advantages: list[float], dense: list[torch.Tensor], lengths: list[int], weight: float
+) -> list[torch.Tensor]:
+    """One group's per-token advantages; each dense row must cover its completion's tokens."""
+    for d, n in zip(dense, lengths, strict=True):
+        if len(d) != n:
+            raise ValueError(f"a dense reward row has {len(d)} values for {n} completion tokens")
+    return dense_advantages(advantages, dense, weight)
 
 
 def _pad(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:

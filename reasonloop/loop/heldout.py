@@ -61,10 +61,13 @@ def evaluate(
     batch_size: int = 512,
     scorer: Scorer | None = None,
     scorer_name: str = "orm",
+    scorers: dict[str, Scorer] | None = None,
 ) -> dict:
     """Held-out metrics of `model`, generating in this process, or over workers when given
     `Rollouts` (the same figures either way). With `scorer` and `samples` > 0, also bon@k,
-    weighted_maj@k and `calibration: {scorer_name: {auroc, ece, n, positives}}`."""
+    weighted_maj@k and `calibration: {scorer_name: {auroc, ece, n, positives}}`. Each of the
+    further `scorers` adds only its own `calibration: {name: {auroc, ece, n, positives,
+    bon@k}}`, on the same samples."""
     gen = as_rollouts(model)
     prompts = [t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
@@ -128,4 +131,32 @@ def evaluate(
                     }
                 },
             }
+        if scorers:
+            calibration = out.setdefault("calibration", {})
+            for name, extra in scorers.items():
+                calibration[name] = _calibration(extra, family, tasks, sampled, samples)
     return out
+
+
+def _calibration(scorer: Scorer, family: Family, tasks: list[Task], sampled, samples: int) -> dict:
+    """One further scorer's AUROC, ECE and bon@k on the held-out samples already drawn."""
+    scores = scorer(
+        [t.prompt for t, comps in zip(tasks, sampled, strict=True) for _ in comps],
+        [c.text for comps in sampled for c in comps],
+    )
+    oks: list[bool] = []
+    bon: list[bool] = []
+    at = 0
+    for t, comps in zip(tasks, sampled, strict=True):
+        answers = [family.parse(c.text)[1] for c in comps]
+        oks += [family.verify(t, a) == 1.0 for a in answers]
+        picked = best_of_n(answers, [float(x) for x in scores[at : at + len(comps)]])[0]
+        bon.append(family.verify(t, picked) == 1.0)
+        at += len(comps)
+    return {
+        "auroc": auroc(scores, oks),
+        "ece": ece(scores, oks),
+        "n": len(oks),
+        "positives": sum(oks),
+        f"bon@{samples}": sum(bon) / len(bon) if bon else 0.0,
+    }

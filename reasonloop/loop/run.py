@@ -35,13 +35,38 @@ from reasonloop.algorithms.sft import train_sft
 from reasonloop.algorithms.step_dpo import step_pairs
 from reasonloop.algorithms.value_head import CRITIC_FILE, Critic
 from reasonloop.config import ConfigError, ModelConfig, RunConfig, TrainConfig, validate
+from reasonloop.evaluator.bradley_terry import BT_RM_FILE
 from reasonloop.evaluator.consensus import judge_consensus
+from reasonloop.evaluator.generative_verifier import GenerativeVerifier, judge_generative
 from reasonloop.evaluator.gold import judge_gold
+from reasonloop.evaluator.process_reward_model import PRM_FILE
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, train_orm
-from reasonloop.loop import faults
+from reasonloop.loop import correction, faults, process_reward
 from reasonloop.loop.cluster import open_rollouts
+from reasonloop.loop.creation import (  # the creator's optional stages (self-play, checks)
+    llm_evolve_stage,
+    proposer_training,
+    reliability_stage,
+    self_play_tasks,
+    write_rejections,
+)
 from reasonloop.loop.heldout import evaluate, make_heldout
+from reasonloop.loop.heldout_search import search_metrics
+from reasonloop.loop.judges import (
+    eval_scorers,
+    judge_accuracy,
+    train_pairwise,
+    verifier_examples,
+    with_verification,
+)
 from reasonloop.loop.resources import resources
+from reasonloop.loop.rl_inputs import (
+    dense_rewards,
+    frozen_orm,
+    gold_labels_in_training,
+    orm_rewards_round,
+    policy_gradient_inputs,
+)
 from reasonloop.loop.store import (
     CorruptRunError,
     RunDir,
@@ -62,6 +87,7 @@ from reasonloop.report.tracking import PACKAGES, Tracker, flatten, missing, open
 from reasonloop.tasks import creator, curriculum, evolve
 from reasonloop.tasks.base import Family
 from reasonloop.tasks.registry import get_family
+from reasonloop.tasks.reliability import RejectedTask
 from reasonloop.types import Decision, Judgement, PreferencePair, SFTExample, Task, Trace
 
 PHASES = ("propose", "solve", "process", "train", "eval")
@@ -397,6 +423,9 @@ def _load_round(rd: RunDir, r: int, state: dict) -> Round:
     rnd.decisions = loaded.get("decisions.parquet", [])
     rnd.examples = loaded.get("sft.parquet", [])
     rnd.pairs = loaded.get("pairs.parquet", [])
+    if "process" in state["phases"]:  # postprocess.correct's corrections join the round's records
+        more, more_judgements = correction.read(rd.round_dir(r))
+        rnd.traces, rnd.judgements = rnd.traces + more, rnd.judgements + more_judgements
     return rnd
 
 
@@ -438,6 +467,7 @@ def _run_round(
                 tasks += creator.propose(family, rng, n, [lv], [], cfg.creator, exclude, r)
             levels = list(cfg.tasks.seed_levels)
         extra: dict[str, Any] = {}
+        rejects: list[RejectedTask] = []  # tasks the creator's checks dropped, with reasons
         if r > 0:
             frontier = prev["phases"]["eval"]["next_frontier"]
             if cfg.creator.mode == "adaptive":
@@ -446,12 +476,36 @@ def _run_round(
                 )
             levels = creator.frontier_levels(family, frontier, cfg.creator)
             below = [lv for lv in family.levels if lv < min(levels)]
-            tasks = creator.propose(
-                family, rng, cfg.creator.per_round, levels, below, cfg.creator, exclude, r
-            )
+            if cfg.creator.mode == "self-play":  # the model writes the round's tasks
+                if model is None:
+                    model = load_model(cfg.model, rd.checkpoint(r - 1))
+                seed = phase_seed(cfg.seed, r, "propose")
+                tasks, rejects, extra["self_play"] = self_play_tasks(
+                    cfg, family, model, levels, exclude, rng, seed, r
+                )
+            else:
+                tasks = creator.propose(
+                    family, rng, cfg.creator.per_round, levels, below, cfg.creator, exclude, r
+                )
             tasks, extra["evolution"] = _evolve_and_dedup(
                 cfg, rd, family, tasks, levels, rng, r, exclude
             )
+            if cfg.creator.llm_evolve.enabled:  # an LLM endpoint rewrites some of them
+                seed = phase_seed(cfg.seed, r, "propose") + 2
+                tasks, dropped, extra["llm_evolve"] = llm_evolve_stage(
+                    cfg, family, tasks, exclude, seed, r
+                )
+                rejects += dropped
+        if cfg.creator.reliability.enabled:
+            if r > 0 and cfg.creator.reliability.samples and model is None:
+                model = load_model(cfg.model, rd.checkpoint(r - 1))
+            tasks, dropped, extra["reliability"] = reliability_stage(
+                cfg, family, tasks, model if r > 0 else None, phase_seed(cfg.seed, r, "propose") + 1
+            )
+            rejects += dropped
+        c = cfg.creator
+        if c.mode == "self-play" or c.reliability.enabled or c.llm_evolve.enabled:
+            write_rejections(d, rejects)
         prompts = [t.prompt for t in tasks]
         extra["diversity"] = {
             "distinct": distinct_share(prompts),
@@ -502,6 +556,11 @@ def _run_round(
                 gen_tokens += sum(t.n_tokens for t in traces)
             if cfg.evaluator.kind == "consensus":
                 judgements = judge_consensus(traces, r, cfg.evaluator.min_vote_share)
+            elif cfg.evaluator.kind == "generative":
+                # Self-rewarding: the model that sampled the round judges it; no gold is read.
+                gv = cfg.evaluator.generative_verifier
+                verifier = GenerativeVerifier(model, gv.with_critique)
+                judgements = judge_generative(verifier, by_id, traces, r, gv.threshold)
             else:
                 judgements = judge_gold(family, by_id, traces, r)
             if cfg.strategy.rationalize:
@@ -533,13 +592,57 @@ def _run_round(
     # -- post-process and build the training set ------------------------------------------------
     if "process" not in phases:
         t0 = time.perf_counter()
+        correction_info: dict[str, Any] = {}
+        if correction.enabled(cfg, r):
+            # Made by the model that sampled the round, then decided on like any trace.
+            assert model is not None
+            gen.sync(model, str(rd.checkpoint(r - 1)))
+            seed_c = phase_seed(cfg.seed, r, "process")
+            new, new_j = correction.correct_round(
+                cfg, gen, family, by_id, rnd.traces, rnd.judgements, r, seed_c
+            )
+            correction.write(d, new, new_j)
+            rnd.traces, rnd.judgements = rnd.traces + new, rnd.judgements + new_j
+            correction_info = correction.stats(new, new_j)
         decisions = process(by_id, rnd.traces, rnd.judgements, cfg.postprocess, family, r)
+        prm_info: dict[str, Any] = {}
+        if r > 0 and cfg.evaluator.process_reward_model.enabled:
+            # Labelled by the round's starting model, then the PRM filters what the Reasoner keeps.
+            assert model is not None
+            gen.sync(model, str(rd.checkpoint(r - 1)))
+            decisions, prm_records, prm_info["prm"] = process_reward.label_train_filter(
+                cfg,
+                r,
+                phase_seed(cfg.seed, r, "process") + 1,
+                family,
+                by_id,
+                rnd.traces,
+                rnd.judgements,
+                decisions,
+                model,
+                gen,
+                rd.checkpoint(r - 1) / PRM_FILE,
+                d / PRM_FILE,
+            )
+            write_records(d / process_reward.LABELS_FILE, prm_records, Judgement)
         examples = sft_examples(by_id, rnd.traces, decisions, r)
         if r == 0:
             per_level = cfg.tasks.seed_examples // max(1, len(cfg.tasks.seed_levels))
             examples = balance_levels(examples, by_id, per_level)
             if cfg.strategy.rationalize:
                 examples = with_hinted_copies(examples, by_id, 0.5)
+        # The generative verifier learns to judge from the same training set (one model).
+        seed_p = phase_seed(cfg.seed, r, "process")
+        verify = verifier_examples(cfg, family, by_id, rnd.traces, rnd.judgements, r, seed_p)
+        examples += correction.training_examples(
+            cfg, family, by_id, rnd.traces, rnd.judgements, r, seed_p
+        )
+        proposer_info: dict[str, Any] = {}
+        if cfg.creator.mode == "self-play":  # the proposer trains beside the solver (RS-SFT)
+            more, proposer_info["proposer"] = proposer_training(
+                cfg, family, rnd.tasks, rnd.traces, rnd.judgements, r
+            )
+            examples = examples + more
         pairs: list[PreferencePair] = []
         if r > 0 and cfg.strategy.algorithm in PREFERENCE:
             rng = random.Random(phase_seed(cfg.seed, r, "process"))
@@ -548,6 +651,7 @@ def _run_round(
                 pairs = step_pairs(by_id, rnd.traces, rnd.judgements, family, r, per_task, rng)
             else:
                 pairs = preference_pairs(by_id, rnd.traces, rnd.judgements, r, per_task, rng)
+        examples, pairs = with_verification(cfg, r, examples, pairs, verify)
         write_records(d / "decisions.parquet", decisions, Decision)
         write_records(d / "sft.parquet", examples, SFTExample)
         write_records(d / "pairs.parquet", pairs, PreferencePair)
@@ -557,7 +661,11 @@ def _run_round(
             manifest,
             r,
             "process",
-            {"seconds": time.perf_counter() - t0, **_process_stats(rnd, family, by_id)},
+            {"seconds": time.perf_counter() - t0, **_process_stats(rnd, family, by_id)}
+            | _judge_stats(cfg, family, by_id, rnd, len(verify))
+            | prm_info
+            | proposer_info
+            | correction_info,
         )
 
     # -- train -------------------------------------------------------------------------------
@@ -567,7 +675,25 @@ def _run_round(
         if r > 0 and cfg.evaluator.reward_model.enabled:
             assert model is not None
             # From the policy that sampled the round, before it trains on the same traces.
-            orm, orm_info = _train_orm(cfg, rd, r, rnd, by_id, model)
+            # Model-based RL: after round 1 the ORM is the (frozen) reward, not trained.
+            orm, orm_info = (
+                frozen_orm(rd, r, model)
+                if orm_rewards_round(cfg, r)
+                else _train_orm(cfg, rd, r, rnd, by_id, model)
+            )
+        bt_rm, bt_info = None, None
+        if r > 0 and cfg.evaluator.pairwise_reward_model.enabled:
+            assert model is not None
+            bt_rm, bt_info = train_pairwise(
+                cfg,
+                rd.checkpoint(r - 1),
+                r,
+                by_id,
+                rnd.traces,
+                rnd.judgements,
+                model,
+                phase_seed(cfg.seed, r, "train"),
+            )
         if r > 0 and cfg.strategy.retrain_from_base:
             model = load_model(cfg.model, rd.checkpoint(0))
         assert model is not None
@@ -585,6 +711,10 @@ def _run_round(
             critic.save(tmp / CRITIC_FILE)
         if orm is not None:
             orm.save(tmp / ORM_FILE)
+        if bt_rm is not None:
+            bt_rm.save(tmp / BT_RM_FILE)
+        if (d / PRM_FILE).exists():  # trained in the process phase; the next round carries it
+            atomic_write_bytes(tmp / PRM_FILE, (d / PRM_FILE).read_bytes())
         atomic_replace_dir(tmp, rd.checkpoint(r))
         faults.hit("checkpoint")
         losses = stats.get("losses", [])
@@ -602,11 +732,13 @@ def _run_round(
         for key in ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES):
             if key in stats:
                 info[key] = [round(x, 5) for x in stats[key]]
-        for key in ("reward_mean", "groups", "groups_kept"):
+        for key in ("reward_mean", "groups", "groups_kept", "rl_inputs"):
             if key in stats:
                 info[key] = stats[key]
         if orm_info is not None:
             info["reward_model"] = orm_info
+        if bt_info is not None:
+            info["pairwise_reward_model"] = bt_info
         _mark(rd, manifest, r, "train", info)
     else:
         model = load_model(cfg.model, rd.checkpoint(r))
@@ -631,7 +763,25 @@ def _run_round(
             phase_seed(cfg.seed, r, "eval"),
             cfg.reasoner.batch_size,
             scorer=orm_eval.score if orm_eval is not None else None,
+            scorers=eval_scorers(cfg, model, rd.checkpoint(r)),
         )
+        prm_path = rd.checkpoint(r) / PRM_FILE
+        if cfg.evaluator.process_reward_model.enabled and prm_path.exists():
+            prm_cal = process_reward.calibrate(
+                cfg, prm_path, family, heldout, model, gen, phase_seed(cfg.seed, r, "eval")
+            )
+            prm_cost = phases["process"].get("prm", {})
+            metrics.setdefault("calibration", {})["prm"] = prm_cal | {
+                k: prm_cost[k] for k in ("labelling", "train", "dropped") if k in prm_cost
+            }
+        if cfg.postprocess.correct.mode != "none":
+            metrics["correction"] = correction.heldout_metric(cfg, gen, family, heldout)
+        # Inference-time search (`reasoner.search`): adds `<method>@<budget>` and its tokens.
+        searched = search_metrics(
+            cfg, family, heldout, model, gen, rd.checkpoint(r), phase_seed(cfg.seed, r, "eval") + 1
+        )
+        metrics["tokens"] = metrics.get("tokens", 0) + searched.pop("tokens", 0)
+        metrics |= searched
         frontier = phases["propose"]["frontier"]
         success = phases["process"].get("success_at_frontier", 0.0)
         if r == 0:
@@ -757,7 +907,7 @@ def _process_stats(rnd: Round, family: Family, by_id: dict[str, Task]) -> dict[s
     verdicts = {j.trace_id: bool(j.verdict) for j in rnd.judgements}
     by_level: dict[str, list[int]] = {}
     for t in rnd.traces:
-        if t.decoding.get("hint") or t.task_id not in by_id or t.id not in verdicts:
+        if t.decoding.get("hint") or t.parent or t.task_id not in by_id or t.id not in verdicts:
             continue
         cell = by_level.setdefault(str(by_id[t.task_id].difficulty), [0, 0])
         cell[0] += verdicts[t.id]
@@ -816,7 +966,13 @@ def _train(
         return stats | {"examples": len(pairs)}
     if r > 0 and algorithm in POLICY_GRADIENT:
         rl = cfg.strategy.rl
-        groups = groups_from_round(by_id, rnd.traces, rnd.judgements)
+        # Stored rounds, ORM rewards, dense rewards: loop/rl_inputs.py (all off by default).
+        first = correction.first_attempts(rnd.traces)
+        inputs = policy_gradient_inputs(cfg, rd, r, by_id, first, rnd.judgements, model, seed)
+        # postprocess.correct 'score': SCoRe's second-attempt groups join the first attempts'.
+        groups = correction.with_second_attempts(
+            cfg, by_id, rnd.traces, rnd.judgements, inputs.groups
+        )
         reference = load_model(cfg.model, rd.checkpoint(0)) if rl.kl_beta else None
         stats = train_policy_gradient(
             model,
@@ -828,17 +984,25 @@ def _train(
             reference,
             cfg.reasoner.max_new_tokens,
             on_step,
+            dense=inputs.dense,
+            behaviour=inputs.behaviour,
         )
-        return stats | {"examples": sum(len(g.completions) for g in groups)}
+        examples = sum(len(g.completions) for g in groups)
+        return stats | {"examples": examples, "rl_inputs": inputs.info}
     if r > 0 and algorithm == "ppo":
         ppo = cfg.strategy.ppo
-        groups = groups_from_round(by_id, rnd.traces, rnd.judgements)
+        groups = groups_from_round(by_id, correction.first_attempts(rnd.traces), rnd.judgements)
         # The critic carries over in the previous checkpoint; the seed (round 0) has none.
         saved = rd.checkpoint(r - 1) / CRITIC_FILE
         carried = ppo.keep_critic and saved.exists()
         critic = Critic.load(saved, model) if carried else Critic.from_policy(model)
         reference = load_model(cfg.model, rd.checkpoint(0)) if ppo.kl_beta else None
-        stats = train_ppo(model, critic, groups, tcfg, ppo, seed, reference, on_step)
+        dense = None
+        if cfg.strategy.rl.dense_reward != "none" and groups:
+            w = cfg.strategy.rl.dense_weight
+            rows, _ = dense_rewards(cfg, rd, r, groups, by_id, model, seed)
+            dense = [[w * d for d in g] for g in rows]
+        stats = train_ppo(model, critic, groups, tcfg, ppo, seed, reference, on_step, dense)
         examples = sum(len(g.completions) for g in groups)
         return stats | {"examples": examples, "critic": critic if ppo.keep_critic else None}
     data = _training_set(rd, cfg, r, rnd)
@@ -877,6 +1041,22 @@ def _train_orm(
     return orm, out | {"losses": [round(x, 5) for x in info["losses"]]}
 
 
+def _judge_stats(
+    cfg: RunConfig, family: Family, by_id: dict[str, Task], rnd: Round, n_verify: int
+) -> dict[str, Any]:
+    """With a generative verifier: how many verification examples the round added, and how
+    often the round's verdicts agree with gold (its label accuracy; gold only measures)."""
+    if not cfg.evaluator.generative_verifier.enabled:
+        return {}
+    return {
+        "judge": {
+            "evaluator": cfg.evaluator.kind,
+            "verification_examples": n_verify,
+            "accuracy": judge_accuracy(family, by_id, rnd.traces, rnd.judgements),
+        }
+    }
+
+
 def _training_set(rd: RunDir, cfg: RunConfig, r: int, rnd: Round) -> list[SFTExample]:
     if r == 0:
         return rnd.examples
@@ -908,6 +1088,10 @@ def _round_metrics(
         extra["reward_model"] = {
             k: v for k, v in phases["train"]["reward_model"].items() if k != "losses"
         }
+    if "pairwise_reward_model" in phases["train"]:
+        extra["pairwise_reward_model"] = phases["train"]["pairwise_reward_model"]
+    if "judge" in phases["process"]:  # the round's judge measured against gold
+        extra["judge"] = phases["process"]["judge"]
     return extra | {
         "round": r,
         "heldout": {k: v for k, v in heldout.items() if k not in ("tokens", "calibration")},
@@ -923,6 +1107,10 @@ def _round_metrics(
         "diversity": phases["propose"].get("diversity"),
         "curriculum": phases["propose"].get("curriculum"),
         "evolution": phases["propose"].get("evolution"),
+        "self_play": phases["propose"].get("self_play"),
+        "reliability": phases["propose"].get("reliability"),
+        "llm_evolve": phases["propose"].get("llm_evolve"),
+        "proposer": phases["process"].get("proposer"),
         "data": {
             k: phases["process"][k]
             for k in (
@@ -946,11 +1134,12 @@ def _round_metrics(
                 "reward_mean",
                 "groups",
                 "groups_kept",
+                "rl_inputs",
             )
             if k in phases["train"]
         }
         | _last_of(phases["train"], ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES)),
-        "gold_labels_in_training": r == 0 or not label_free,
+        "gold_labels_in_training": (r == 0 or not label_free) and gold_labels_in_training(cfg, r),
     }
 
 

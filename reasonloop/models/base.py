@@ -27,6 +27,11 @@ class Sampling:
     """Stop a sequence at the first newline (the compact formats end a completion with one)."""
     seed: int | None = None
     """Seed of the sampler's generator; the same seed gives the same samples."""
+    stop_at_step: bool = False
+    """Also stop a sequence right after the first step separator `;` of the compact format, and
+    keep the `;` in `Completion.text` (so the next step can be appended to it): step-level search
+    (`reasoner/beam_search.py`, `reasoner/mcts.py`) samples one step at a time this way. A
+    sequence that ends at the newline or eos instead has written its final step and answer."""
 
 
 @dataclass

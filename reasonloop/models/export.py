@@ -89,6 +89,45 @@ def hf_state_dict(model: TinyModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in out.items()}
 
 
+def load_hf_state_dict(model: TinyModel, state: dict[str, torch.Tensor]) -> None:
+    """Copy Llama-named weights (an exported model after training elsewhere, e.g. by TRL) back
+    into `model`, fusing q/k/v and gate/up again: the inverse of `hf_state_dict`. Raises
+    ValueError naming the missing or mis-shaped tensors."""
+    n = model.config.n_layers
+    fused = {"norm": "model.norm.weight", "embed.weight": "model.embed_tokens.weight"}
+    fused["lm_head.weight"] = "lm_head.weight"
+    names = {
+        "attn_norm": "input_layernorm.weight",
+        "ffn_norm": "post_attention_layernorm.weight",
+        "wo.weight": "self_attn.o_proj.weight",
+        "w_down.weight": "mlp.down_proj.weight",
+    }
+    wanted = set(fused.values()) | {
+        f"model.layers.{i}.{x}"
+        for i in range(n)
+        for x in [*names.values(), "self_attn.q_proj.weight", "self_attn.k_proj.weight"]
+        + ["self_attn.v_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"]
+    }
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise ValueError(f"Llama state dict lacks {missing[:5]} (tiny model of {n} layers)")
+    out = {k: state[v] for k, v in fused.items()}
+    for i in range(n):
+        p = f"model.layers.{i}."
+        out |= {f"layers.{i}.{k}": state[p + v] for k, v in names.items()}
+        qkv = [state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
+        out[f"layers.{i}.wqkv.weight"] = torch.cat(qkv)
+        gate_up = [state[p + f"mlp.{x}_proj.weight"] for x in ("gate", "up")]
+        out[f"layers.{i}.w_gate_up.weight"] = torch.cat(gate_up)
+    own = model.module.state_dict()
+    bad = [k for k, v in own.items() if k not in out or out[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"Llama weights do not fit this tiny model: {bad[:5]} differ in shape")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(out[k].to(v.device, v.dtype))
+
+
 def export_hf(model: TinyModel, path: str | Path) -> None:
     """Write `path`/model.safetensors and `path`/config.json (atomically) for
     `transformers.LlamaForCausalLM.from_pretrained(path)`, plus the character tokenizer's

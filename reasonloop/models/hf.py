@@ -46,6 +46,7 @@ from reasonloop.config import LoRAConfig, ModelConfig
 from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
 from reasonloop.models.tiny import _atomic_write_dir
 from reasonloop.models.tokenizer import N_USED, NEWLINE_ID, CharTokenizer
+from reasonloop.reasoner.format import STEP_SEP
 
 MAX_BATCH_ROWS = 256
 """Rows (prompts x samples) generated together; bounds the KV cache's memory."""
@@ -431,7 +432,9 @@ class HFModel:
         A completion ends at eos, at the first newline when `sampling.stop_at_newline`, after
         `max_new_tokens`, or at the model's `max_position_embeddings`. `Completion.text` ends
         before the stop (a token like ".\\n" keeps its "."); `n_tokens` and `logprob` include the
-        stop token. The same `sampling.seed` gives the same completions."""
+        stop token. With `sampling.stop_at_step` the text is cut after its first ";" once decoded
+        (post-hoc: the rows decode on to their usual stop). The same `sampling.seed` gives the
+        same completions."""
         check_sampling(sampling, n)
         encoded = [self.encode_prompt(p) for p in prompts]
         limit = getattr(self._lm.config, "max_position_embeddings", None)
@@ -460,6 +463,13 @@ class HFModel:
                         self._completion(tokens, logps, budgets[k], set(eos), stops)
                         for tokens, logps in rows[k * n : (k + 1) * n]
                     ]
+                    if sampling.stop_at_step:
+                        results[i] = [
+                            self._cut_at_step(c, tokens, logps)
+                            for c, (tokens, logps) in zip(
+                                results[i], rows[k * n : (k + 1) * n], strict=True
+                            )
+                        ]
         return results
 
     def _decode(
@@ -528,6 +538,20 @@ class HFModel:
                     text = self.tokenizer.decode(tokens[: t + 1]).split("\n", 1)[0]
                 return Completion(text, t + 1, float(sum(logps[: t + 1])))
         return Completion(self.tokenizer.decode(tokens[:limit]), limit, float(sum(logps[:limit])))
+
+    def _cut_at_step(self, c: Completion, tokens: list[int], logps: list[float]) -> Completion:
+        """`Sampling.stop_at_step` by truncation after decoding: a subword vocabulary has many
+        tokens holding ";" (";\\n", "];"), so the cut is at the first token whose text brings a
+        ";" in, keeping the text up to and including it; that token ends the step and counts
+        (the tokens decoded past it are wasted work, not counted)."""
+        if STEP_SEP not in c.text:
+            return c
+        for t in range(c.n_tokens):
+            text = self.tokenizer.decode(tokens[: t + 1])
+            if STEP_SEP in text:
+                cut = text[: text.index(STEP_SEP) + 1]
+                return Completion(cut, t + 1, float(sum(logps[: t + 1])))
+        return c
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_id}

@@ -229,6 +229,13 @@ class OpenAIModel:
         index, so a rerun asks for the same samples (whether the server honours seeds is up to
         the server)."""
         check_sampling(sampling, n)
+        if sampling.stop_at_step:
+            # A server's stop strings are dropped from the text, and which one stopped a choice
+            # is not reported: a step's ";" could not be told from the final newline.
+            raise ValueError(
+                "sampling.stop_at_step is not supported by the openai backend (step-level search "
+                "needs the tiny or hf backend)"
+            )
         jobs: list[tuple[int, int, dict[str, Any]]] = []
         for i, prompt in enumerate(prompts):
             for start in range(0, n, MAX_N):

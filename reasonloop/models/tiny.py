@@ -37,6 +37,7 @@ from reasonloop.config import ModelConfig
 from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
 from reasonloop.models.tokenizer import (
     BOS_ID,
+    CHARS,
     EOS_ID,
     FIRST_DIGIT_ID,
     N_USED,
@@ -45,6 +46,7 @@ from reasonloop.models.tokenizer import (
     VOCAB_SIZE,
     CharTokenizer,
 )
+from reasonloop.reasoner.format import STEP_SEP
 
 RMS_EPS = 1e-5
 WEIGHTS_FILE = "model.safetensors"
@@ -61,6 +63,8 @@ KV_CACHE_BYTES = 512 * 2**20
 LOGPROB_BATCH_TOKENS = 32768
 """Padded tokens per forward in `logprobs`."""
 DEFAULT_SAMPLING = Sampling()
+STEP_ID = NEWLINE_ID + CHARS.index(STEP_SEP)
+"""The token of the compact format's step separator (`Sampling.stop_at_step` stops after it)."""
 
 
 def ffn_size(cfg: ModelConfig) -> int:
@@ -581,7 +585,8 @@ class TinyModel:
     ) -> list[list[Completion]]:
         """n completions per prompt, all decoded in batches of up to MAX_BATCH_ROWS rows.
 
-        A completion ends at eos, at "\\n" when `sampling.stop_at_newline`, after
+        A completion ends at eos, at "\\n" when `sampling.stop_at_newline`, right after ";" (kept
+        in the text) when `sampling.stop_at_step`, after
         `max_new_tokens`, or when prompt + completion reach `max_seq_len`. `Completion.text`
         excludes the stop character; `n_tokens` and `logprob` include it (logprob is the model's
         own log-probability, temperature 1, whatever the sampling settings)."""
@@ -668,6 +673,8 @@ class TinyModel:
         runs = digit_runs(ids)[:, -1].repeat_interleave(n, 0) if module.abacus_max else None
         budget_t = torch.tensor(budgets, device=dev).repeat_interleave(n, 0)
         stop_ids = [EOS_ID, NEWLINE_ID] if sampling.stop_at_newline else [EOS_ID]
+        if sampling.stop_at_step:
+            stop_ids.append(STEP_ID)
         stop_t = torch.tensor(stop_ids, device=dev)
         # Never sample pad, bos or the unused ids.
         allowed = torch.zeros(VOCAB_SIZE, device=dev)
@@ -772,7 +779,8 @@ def _completions(
         end, count = limit, limit
         for t in range(limit):
             if row[t] in stop_ids:
-                end, count = t, t + 1
+                # A step separator stays in the text: the next step is appended right after it.
+                end, count = (t + 1 if row[t] == STEP_ID else t), t + 1
                 break
         out.append(Completion(tokenizer.decode(row[:end]), count, float(sum(lps[:count]))))
     return out

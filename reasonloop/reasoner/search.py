@@ -78,6 +78,8 @@ class Searched:
     texts: list[str]
     best_of_n: str | None
     weighted_majority: str | None
+    tokens: int = 0
+    """Tokens generated for the N samples."""
 
 
 def search(
@@ -111,6 +113,7 @@ def search(
                 texts=texts,
                 best_of_n=best_of_n(answers, scores)[0],
                 weighted_majority=weighted_majority_vote(answers, scores)[0],
+                tokens=sum(c.n_tokens for c in comps),
             )
         )
     return out

@@ -16,7 +16,14 @@ from typing import Any
 
 from reasonloop.tasks.base import Family
 
-BUILTIN_MODULES = ("addition", "chain_sum", "multiplication", "linear_equation", "sorting")
+BUILTIN_MODULES = (
+    "addition",
+    "chain_sum",
+    "multiplication",
+    "linear_equation",
+    "sorting",
+    "program",
+)
 """Modules of `reasonloop.tasks.families` that define one family each."""
 
 PREFIXES = {"gym": "gym:<dataset>", "file": "file:<path>"}

@@ -1,0 +1,328 @@
+"""A learned process reward model (PRM): P(this step still leads to the right answer), per step.
+
+Built as the outcome reward model is (`evaluator/reward_model.py`): a copy of the policy's network
+with a zero-initialised scalar head (so every first score is a neutral 0.5), but read at several
+places of a completion instead of one: at the last token of each step (the step separator `;`,
+or `#` after the last step) and at the last token of the final answer. Trained with binary
+cross-entropy, masked over these places, on Monte-Carlo step labels (Math-Shepherd, Wang et al.
+2024; `math_shepherd.py`), soft (the share of rollouts that reached the answer) or hard.
+Lightman et al. 2023 and Wang et al. 2024 aggregate a solution's step scores by their minimum or
+product; `aggregate` offers min, mean, last and product.
+
+`step_scores(prompts, completions) -> list[list[float]]` is the step-scorer interface search
+uses (beam search, MCTS): a partial completion ending at a separator (`s1;s2;`) gets one score
+per finished step. `save` / `load` write and read one safetensors file (format
+`reasonloop-prm`), kept as `prm.safetensors` in a round's checkpoint.
+
+Calibration (`calibration_report`): AUROC and ECE of the aggregated score against gold verdicts,
+and first-error accuracy: the share of traces with a known first wrong step (the family's
+`check_step` on sampled traces, or an error injected into a reference trace) whose first step
+scored below 0.5 is that step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
+from reasonloop.algorithms.sft import batches, collate, encode_example
+from reasonloop.algorithms.step_dpo import first_wrong_step
+from reasonloop.algorithms.value_head import ScalarHead
+from reasonloop.config import TrainConfig
+from reasonloop.evaluator.calibration import auroc, ece, first_error_accuracy
+from reasonloop.reasoner.format import ANSWER_MARK, STEP_SEP
+from reasonloop.tasks.base import Family
+from reasonloop.types import SFTExample, Task, Trace
+
+PRM_FILE = "prm.safetensors"
+"""The PRM's file name inside a round's checkpoint directory."""
+SCORE_CHUNK = 256
+"""Sequences per forward when scoring."""
+AGGREGATIONS = ("min", "mean", "last", "product")
+Aggregation = Literal["min", "mean", "last", "product"]
+
+Encoded = tuple[list[int], int, list[int]]
+"""(token ids, prompt length, input positions of the scored places)."""
+
+
+def score_places(completion: str) -> list[int]:
+    """Character offsets in `completion` where a score is read: each step's separator, then the
+    answer's last character. Matches `format.parse`: a completion with `#` has one place per
+    non-empty step plus one for its answer; one without `#` is either steps in progress (ending
+    in `;`: one place per step) or a bare answer (one place, its last character)."""
+    line = completion.split("\n", 1)[0]
+    if ANSWER_MARK in line:
+        body_end = line.rindex(ANSWER_MARK)
+        places = _separators(line[:body_end], body_end)
+        if line[body_end + 1 :].strip():
+            places.append(len(line.rstrip()) - 1)
+        return places
+    if line.endswith(STEP_SEP):
+        return _separators(line[:-1], len(line) - 1)
+    return [len(line.rstrip()) - 1] if line.strip() else []
+
+
+def _separators(body: str, end: int) -> list[int]:
+    """Offsets of the separators closing the non-empty steps of `body` (the last one closed by
+    the character at `end`)."""
+    places, start = [], 0
+    for i, ch in enumerate(body + "\0"):
+        if ch in (STEP_SEP, "\0"):
+            if body[start:i]:
+                places.append(i if ch == STEP_SEP else end)
+            start = i + 1
+    return places
+
+
+def prm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: float | None = None,
+) -> torch.Tensor:
+    """Mean binary cross-entropy over the places where `mask` is set, of logits [B, U] against
+    labels [B, U] in [0, 1] (soft labels allowed), in float32. An all-zero mask gives 0.
+
+    `pos_weight` scales the label-1 part of each term (balances a set where most steps are good)."""
+    weight = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+    per = F.binary_cross_entropy_with_logits(
+        logits.float(), labels.float(), pos_weight=weight, reduction="none"
+    )
+    m = mask.to(per.dtype)
+    return (per * m).sum() / m.sum().clamp(min=1.0)
+
+
+def aggregate(scores: Sequence[float], how: Aggregation) -> float:
+    """One solution score from its step scores: the min (weakest step), mean, last, or product
+    (the chance that every step is good, if independent). 0.0 for no scores: nothing vouches
+    for an empty completion."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    if not scores:
+        return 0.0
+    if how == "min":
+        return float(min(scores))
+    if how == "mean":
+        return float(sum(scores) / len(scores))
+    if how == "last":
+        return float(scores[-1])
+    return float(math.prod(scores))
+
+
+def first_flagged(scores: Sequence[float], n_steps: int, threshold: float = 0.5) -> int | None:
+    """The first of the first `n_steps` scores below `threshold` (the PRM's first wrong step)."""
+    return next((i for i, s in enumerate(scores[:n_steps]) if s < threshold), None)
+
+
+class ProcessRewardModel(ScalarHead):
+    """Step logits = linear head on the backbone's hidden state at each scored place."""
+
+    FORMAT = "reasonloop-prm"
+    WHAT = "a process reward model"
+
+    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Encoded]:
+        """(token ids as SFT encodes them, prompt length, input positions of the scored places)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        tok = self.backbone.tokenizer
+        out = []
+        for p, c in zip(prompts, completions, strict=True):
+            ids, p_len = encode_example(tok, SFTExample(prompt=p, completion=c))
+            last = len(ids) - 2  # the final newline is a label only, never an input
+            # The place's token is the last one of the completion's text up to it (exact for
+            # the character tokenizer; the nearest token boundary for a subword one).
+            pos = [min(p_len + len(tok.encode(c[: e + 1])) - 1, last) for e in score_places(c)]
+            out.append((ids, p_len, pos))
+        return out
+
+    def logits(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, U] at each row's scored places (0 past a row's own count) and their mask."""
+        device = next(self.module.parameters()).device
+        inputs, _, _, attn = collate(
+            [(s, p) for s, p, _ in batch], self.backbone.tokenizer.pad_id, device
+        )
+        h = self.backbone.hidden_states(inputs, attn)
+        width = max(1, max(len(pos) for _, _, pos in batch))
+        index = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.bool)
+        for r, (_, _, pos) in enumerate(batch):
+            index[r, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+            mask[r, : len(pos)] = True
+        index, mask = index.to(device), mask.to(device)
+        rows = torch.arange(len(batch), device=device).unsqueeze(1)
+        out = self.head(h[rows, index].float()).squeeze(-1)
+        return out * mask, mask
+
+    def step_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[list[float]]:
+        """P(good) at each scored place of each (prompt, completion): one per step, then one for
+        the final answer when there is one. No gradient, eval mode, in chunks."""
+        seqs = self.encode(prompts, completions)
+        was_training = self.module.training
+        self.module.eval()
+        out: list[list[float]] = []
+        try:
+            with torch.no_grad():
+                for s in range(0, len(seqs), SCORE_CHUNK):
+                    chunk = seqs[s : s + SCORE_CHUNK]
+                    logits, _ = self.logits(chunk)
+                    probs = torch.sigmoid(logits).tolist()
+                    out += [row[: len(pos)] for row, (_, _, pos) in zip(probs, chunk, strict=True)]
+        finally:
+            self.module.train(was_training)
+        return out
+
+    def scorer(self, how: Aggregation) -> Callable[[list[str], list[str]], list[float]]:
+        """An outcome scorer (`reasoner.search.Scorer`): the aggregated step scores."""
+        return lambda ps, cs: [aggregate(s, how) for s in self.step_scores(ps, cs)]
+
+
+def train_prm(
+    prm: ProcessRewardModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    labels: Sequence[Sequence[float]],
+    cfg: TrainConfig,
+    seed: int,
+    balance: bool = False,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train `prm` in place with masked BCE: `labels[i]` holds one label in [0, 1] per scored
+    place of completion i (`score_places`); a pair whose count differs is skipped (counted in
+    `skipped`), since its labels would land on the wrong steps.
+
+    Steps = cfg.steps, or ceil(epochs * n / batch_size). With `balance`, places labelled >= 0.5
+    are weighted n_low / n_high. Returns steps, seconds, n, places, skipped, pos_weight, losses,
+    loss_first, loss_last."""
+    if not len(prompts) == len(completions) == len(labels):
+        raise ValueError(
+            f"{len(prompts)} prompts, {len(completions)} completions, {len(labels)} label lists"
+        )
+    enc = prm.encode(prompts, completions)
+    keep = [i for i, (_, _, pos) in enumerate(enc) if pos and len(pos) == len(labels[i])]
+    for i in keep:
+        for y in labels[i]:
+            if not 0.0 <= float(y) <= 1.0:
+                raise ValueError(f"step labels must be in [0, 1], got {y} for completion {i}")
+    seqs = [enc[i] for i in keep]
+    ys = [[float(y) for y in labels[i]] for i in keep]
+    flat = [y for row in ys for y in row]
+    n_high = sum(y >= 0.5 for y in flat)
+    info: dict[str, Any] = {
+        "steps": 0,
+        "seconds": 0.0,
+        "n": len(seqs),
+        "places": len(flat),
+        "skipped": len(enc) - len(seqs),
+        "pos_weight": 1.0,
+        "losses": [],
+        "loss_first": 0.0,
+        "loss_last": 0.0,
+    }
+    if not seqs:
+        return info
+    pos_weight = (len(flat) - n_high) / n_high if balance and 0 < n_high < len(flat) else 1.0
+    info["pos_weight"] = pos_weight
+    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
+    opt = adamw(prm.module, cfg)
+    rng = random.Random(seed)
+    was_training = prm.module.training
+    prm.module.train()
+    device = next(prm.module.parameters()).device
+    start = time.perf_counter()
+    try:
+        lengths = [len(s) for s, _, _ in seqs]
+        for step, idx in enumerate(
+            batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
+        ):
+            set_lr(opt, lr_at(step, total, cfg))
+            logits, mask = prm.logits([seqs[i] for i in idx])
+            target = torch.zeros_like(logits)
+            for r, i in enumerate(idx):
+                target[r, : len(ys[i])] = torch.tensor(ys[i], device=device)
+            loss = prm_loss(logits, target, mask, pos_weight)
+            loss.backward()
+            clip_and_step(opt, cfg)
+            value = float(loss.detach())
+            info["losses"].append(value)
+            if on_step is not None:
+                on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
+    finally:
+        prm.module.train(was_training)
+    info["steps"] = len(info["losses"])
+    info["seconds"] = time.perf_counter() - start
+    info["loss_first"] = info["losses"][0]
+    info["loss_last"] = info["losses"][-1]
+    return info
+
+
+def inject_error(family: Family, task: Task, rng: random.Random) -> tuple[str, int] | None:
+    """A reference solution of `task` with one step made wrong: (completion, its index). A digit
+    of a random step is changed until the family's `check_step` rejects it; the other steps and
+    the answer stay as they were. None when the family cannot check steps or the task has none."""
+    check = getattr(family, "check_step", None)
+    steps, answer = family.reference(task)
+    if check is None or not steps:
+        return None
+    j = rng.randrange(len(steps))
+    digits = [i for i, ch in enumerate(steps[j]) if ch.isdigit()]
+    rng.shuffle(digits)
+    for i in digits:
+        for d in rng.sample("0123456789", 10):
+            bad = steps[j][:i] + d + steps[j][i + 1 :]
+            if bad != steps[j] and check(task, bad) is False:
+                return family.render([*steps[:j], bad, *steps[j + 1 :]], answer), j
+    return None
+
+
+def calibration_report(
+    prm: ProcessRewardModel,
+    family: Family,
+    tasks: dict[str, Task],
+    traces: Sequence[Trace],
+    verdicts: dict[str, bool],
+    how: Aggregation,
+    injected: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How well `prm` agrees with ground truth on `traces` (not trained on) and `injected` error
+    traces made from references of `tasks`: AUROC and ECE of the aggregated score against the
+    verdicts; first-error accuracy on the wrong traces whose first wrong step `check_step` finds,
+    and on the injected ones (`first_error_accuracy_injected`)."""
+    use = [t for t in traces if t.id in verdicts and t.task_id in tasks]
+    scores = prm.step_scores([tasks[t.task_id].prompt for t in use], [t.text for t in use])
+    agg = [aggregate(s, how) for s in scores]
+    oks = [verdicts[t.id] for t in use]
+    truth = [
+        None if verdicts[t.id] else first_wrong_step(family, tasks[t.task_id], t, None) for t in use
+    ]
+    predicted = [first_flagged(s, len(t.steps)) for s, t in zip(scores, use, strict=True)]
+    out: dict[str, Any] = {
+        "auroc": auroc(agg, oks),
+        "ece": ece(agg, oks),
+        "n": len(use),
+        "positives": sum(oks),
+        "first_error_accuracy": first_error_accuracy(predicted, truth),
+        "first_error_n": sum(x is not None for x in truth),
+    }
+    if injected > 0:
+        rng = random.Random(seed)
+        pool = sorted(tasks.values(), key=lambda t: t.id)
+        made = [
+            (t, x)
+            for t in rng.sample(pool, min(injected, len(pool)))
+            if (x := inject_error(family, t, rng))
+        ]
+        inj = prm.step_scores([t.prompt for t, _ in made], [c for _, (c, _) in made])
+        flagged = [first_flagged(s, len(s) - 1) for s in inj]
+        out["first_error_accuracy_injected"] = first_error_accuracy(
+            flagged, [j for _, (_, j) in made]
+        )
+        out["injected_n"] = len(made)
+    return out
