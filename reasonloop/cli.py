@@ -209,13 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from reasonloop.loop.run import RunMismatchError
     from reasonloop.loop.store import CorruptRunError
+    from reasonloop.models.openai import OpenAIBackendError
 
     try:
         return args.fn(args)
     except (ConfigError, RunMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CorruptRunError as e:
+    except (CorruptRunError, OpenAIBackendError) as e:
+        # An endpoint that failed for good (down, 4xx, retries spent): the message names the
+        # URL and what happened; a finished round stays, and the same command resumes.
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -18,7 +18,7 @@ from typing import Any
 from reasonloop.config import RunConfig
 from reasonloop.loop.store import write_records
 from reasonloop.models.base import LanguageModel
-from reasonloop.models.openai import OpenAIModel
+from reasonloop.models.openai import OpenAIBackendError, OpenAIModel
 from reasonloop.tasks import proposer
 from reasonloop.tasks.base import Family
 from reasonloop.tasks.families.program import ProgramFamily
@@ -102,6 +102,9 @@ def llm_evolve_stage(
             settings,
             exclude | {t.id for t in tasks},
         )
+    except OpenAIBackendError as e:
+        # Name the section: the run's own model may be tiny, and "openai backend" would puzzle.
+        raise type(e)(f"creator.llm_evolve: {e}", status=e.status, attempts=e.attempts) from None
     finally:
         client.close()
     return tasks + evolved, rejects, info

@@ -26,8 +26,9 @@ copy of the parent). What is verified, honestly:
   it as the answer, and mention the parent's answer.
 
 Rejections carry a reason (`unparsable`, `too_long`, `bad_charset`, `no_question`, `unchanged`,
-`answer_changed`, `disagree`, `not_harder`, `backward_mismatch`, the program checker's and the
-sandbox's). Lineage: `parents=[parent id]`, `made_by="llm-evolve:<op>@<model>"`, `round`.
+`leaked` (the question states its own answer), `answer_changed`, `disagree`, `not_harder`,
+`backward_mismatch`, the program checker's and the sandbox's). Lineage: `parents=[parent id]`,
+`made_by="llm-evolve:<op>@<model>"`, `round`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ _QUESTION_WORDS = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# Only an answer stated as one counts as a leak: the bare number is too common a coincidence
+# in arithmetic ("(7 + -7) + 2" asks for 2).
+_ANSWER_CUE = r"\b(?:answer|solution)\b[^\w-]*(?:(?:is|equals)\b[^\w-]*)?"
 
 
 @dataclass(frozen=True)
@@ -137,8 +141,12 @@ def normalise(answer: str | None) -> str:
     return (answer or "").strip().rstrip(".").strip().lower()
 
 
-def check_question(question: str | None, parent: Task, s: Settings) -> str | None:
-    """Why an evolved question is unusable, or None."""
+def check_question(
+    question: str | None, parent: Task, s: Settings, answer: str | None = None
+) -> str | None:
+    """Why an evolved question is unusable, or None. With the stated `answer`: a question that
+    states it ("... the answer is 14") is `leaked`, since a second prompt would then "agree" by
+    copying it."""
     if question is None:
         return "unparsable"
     if len(question) < s.min_chars:
@@ -151,6 +159,9 @@ def check_question(question: str | None, parent: Task, s: Settings) -> str | Non
         return "no_question"
     if " ".join(question.split()).lower() == " ".join(parent.prompt.split()).lower():
         return "unchanged"
+    stated = normalise(answer)
+    if stated and re.search(_ANSWER_CUE + re.escape(stated) + r"(?!\w|\.\d)", question.lower()):
+        return "leaked"
     return None
 
 
@@ -214,7 +225,7 @@ def evolve_tasks(
                 program_jobs.append((parent, op, prog))
             continue
         question, answer = read_field(text, "QUESTION"), read_field(text, "ANSWER")
-        why = check_question(question, parent, settings)
+        why = check_question(question, parent, settings, answer)
         if why is None and not answer:
             why = "no_answer"
         elif why is None and len(answer or "") > settings.max_answer_chars:
@@ -307,8 +318,12 @@ def _answer_rule(op: str, parent: Task, question: str, answer: str) -> str | Non
     if kind == "same" and normalise(answer) != normalise(parent.answer):
         return "answer_changed"
     if kind == "backward":
-        numbers = set(_NUMBER.findall(parent.prompt))
-        if answer.strip() not in numbers or normalise(parent.answer) not in question.lower():
+        # The answer is a number of the parent, hidden: it occurs fewer times in the question.
+        hidden = answer.strip()
+        before = _NUMBER.findall(parent.prompt).count(hidden)
+        if not before or _NUMBER.findall(question).count(hidden) >= before:
+            return "backward_mismatch"
+        if normalise(parent.answer) not in question.lower():
             return "backward_mismatch"
     return None
 

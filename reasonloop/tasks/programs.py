@@ -107,16 +107,25 @@ def operation_count(text: str) -> int:
     return sum(isinstance(n, ast.BinOp) for n in ast.walk(ast.parse(text.strip(), mode="eval")))
 
 
+def binary_operators(text: str) -> set[str]:
+    """The binary operators a checked program uses, read from its tree (so `**` is not also
+    `*`, nor a unary minus a `-`)."""
+    tree = ast.parse(text.strip(), mode="eval")
+    return {_OPS[type(n.op)] for n in ast.walk(tree) if isinstance(n, ast.BinOp)}
+
+
 def canonical(text: str) -> str:
     """The program without spaces (the form prompts use)."""
     return text.replace(" ", "")
 
 
-def reduce_steps(text: str) -> list[str]:
-    """The reference trace of a checked program: one `a op b=c` step per binary operation,
-    innermost first, left to right (Python's own order). Raises ValueError when an
-    intermediate leaves +-MAX_ABS or an exponent is negative or above 30 (the sandbox has the
-    final say on the answer; this only writes the steps)."""
+def reduce_program(text: str) -> tuple[list[str], int]:
+    """The reference trace of a checked program and its value: one `a op b=c` step per binary
+    operation, innermost first, left to right (Python's own order). The value is the whole
+    expression's, which is not the last step's when a unary minus applies on top (`-(2+3)`) or
+    there is no step (`(5)`). Raises ValueError when an intermediate leaves +-MAX_ABS or an
+    exponent is negative or above 30 (the sandbox has the final say on the answer; this only
+    writes the steps)."""
     steps: list[str] = []
 
     def ev(node: ast.AST) -> int:
@@ -146,8 +155,13 @@ def reduce_steps(text: str) -> list[str]:
         steps.append(f"{a}{op}{b}={c}")
         return c
 
-    ev(ast.parse(text.strip(), mode="eval"))
-    return steps
+    value = ev(ast.parse(text.strip(), mode="eval"))
+    return steps, value
+
+
+def reduce_steps(text: str) -> list[str]:
+    """The steps of `reduce_program`."""
+    return reduce_program(text)[0]
 
 
 def _parse_lines(stdout: str) -> list[tuple[str, str]]:

@@ -157,11 +157,10 @@ def verify_proposals(
 
 
 def difficulty_stats(tasks: list[Task]) -> dict[str, Any]:
-    """Mean and histogram of operation counts, and the operators used (a diversity measure)."""
+    """Mean and histogram of operation counts, and how many programs use each binary operator
+    (a diversity measure)."""
     ops = [programs.operation_count(str(t.params["program"])) for t in tasks]
-    kinds = Counter(
-        k for t in tasks for k in ("+", "-", "*", "//", "%", "**") if k in str(t.params["program"])
-    )
+    kinds = Counter(k for t in tasks for k in programs.binary_operators(str(t.params["program"])))
     return {
         "difficulty_mean": round(mean(ops), 3) if ops else None,
         "difficulty_hist": {str(k): v for k, v in sorted(Counter(ops).items())},

@@ -116,8 +116,8 @@ class ProgramFamily(CompactFamily):
         prog = self.param(
             task, "program", "a program of the grammar", lambda v: programs.check_program(v) is None
         )
-        steps = programs.reduce_steps(prog)
-        return steps, steps[-1].rsplit("=", 1)[1] if steps else str(int(prog))
+        steps, value = programs.reduce_program(prog)
+        return steps, str(value)
 
     def check_step(self, task: Task, step: Any) -> bool | None:
         """Is `a op b=c` arithmetically right? None if it is not of that form."""
