@@ -925,11 +925,12 @@ class RunConfig(Section):
                 f"the gold answer: evaluator.kind must be gold, got {self.evaluator.kind!r}"
             )
         bc = ("star", "rft", "rest-em", "easy-to-hard")
-        if self.strategy.algorithm not in bc:
+        # With dense_reward 'prm' its step scores reward grpo/rloo/ppo (checked in _rl_signals).
+        if self.strategy.algorithm not in bc and self.strategy.rl.dense_reward != "prm":
             raise ValueError(
                 "evaluator.process_reward_model.enabled filters the round's SFT data: "
                 f"strategy.algorithm must be one of {', '.join(bc)}, got "
-                f"{self.strategy.algorithm!r}"
+                f"{self.strategy.algorithm!r} (or set strategy.rl.dense_reward: prm)"
             )
         return self
 

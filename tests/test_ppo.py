@@ -368,6 +368,15 @@ def test_ppo_preset_runs_and_a_killed_run_resumes_with_its_critic(tmp_path):
     again = json.loads((two / "summary.json").read_text())["rounds"]
     assert [m["train"] for m in again] == [m["train"] for m in summary["rounds"]]
 
+    # A deleted critic is named and its round redone, not replaced by a fresh zero head.
+    (two / "checkpoints/r001" / CRITIC_FILE).unlink()
+    p = _cli(two)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"checkpoints/r001/{CRITIC_FILE}: missing" in p.stdout + p.stderr
+    for f in ("model.safetensors", CRITIC_FILE):
+        got, want = two / "checkpoints/r002" / f, one / "checkpoints/r002" / f
+        assert got.read_bytes() == want.read_bytes(), f
+
 
 def test_ppo_without_keeping_the_critic_starts_each_round_afresh(tmp_path):
     overrides = {**SMALL, "rounds": 2, "strategy": {"ppo": {"keep_critic": False}}}

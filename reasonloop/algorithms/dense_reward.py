@@ -93,8 +93,10 @@ def step_end_tokens(tokenizer, completion: str) -> list[int]:
         return []
     body = text.rpartition(ANSWER_MARK)[0]
     ends, start = [], 0
-    for i, ch in enumerate(body + ANSWER_MARK):
-        if ch in (STEP_SEP, ANSWER_MARK):
+    # Only `;` splits the body (a `#` before the last one is part of a step, as `parse` reads
+    # it); the last step is closed by the final `#`, at index len(body).
+    for i in range(len(body) + 1):
+        if i == len(body) or body[i] == STEP_SEP:
             if i > start:  # an empty segment (";;") is no step
                 ends.append(len(tokenizer.encode(text[: i + 1])) - 1)
             start = i + 1

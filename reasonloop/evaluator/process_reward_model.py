@@ -72,11 +72,13 @@ def score_places(completion: str) -> list[int]:
 def _separators(body: str, end: int) -> list[int]:
     """Offsets of the separators closing the non-empty steps of `body` (the last one closed by
     the character at `end`)."""
+    # The end is tested by index, not by a sentinel character: model text may contain any
+    # character (a NUL sentinel split "a\0b" into two steps where `parse` sees one).
     places, start = [], 0
-    for i, ch in enumerate(body + "\0"):
-        if ch in (STEP_SEP, "\0"):
-            if body[start:i]:
-                places.append(i if ch == STEP_SEP else end)
+    for i in range(len(body) + 1):
+        if i == len(body) or body[i] == STEP_SEP:
+            if i > start:
+                places.append(i if i < len(body) else end)
             start = i + 1
     return places
 

@@ -28,6 +28,7 @@ from reasonloop.evaluator.process_reward_model import (
     calibration_report,
     train_prm,
 )
+from reasonloop.loop import faults
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.rollouts import Rollouts
 from reasonloop.tasks.base import Family
@@ -94,11 +95,14 @@ def label_train_filter(
         pc.train,
         seed + 1,
         pc.balance,
+        # A training step like the Reasoner's: the resume tests' `train` kill point lands here too.
+        on_step=lambda _: faults.hit("train"),
     )
     prm.save(save_to)
 
     # Filter and rank the kept traces by the aggregated step score.
-    kept = [t for t in traces if t.id in {d.trace_id for d in decisions if d.kept}]
+    kept_ids = {d.trace_id for d in decisions if d.kept}
+    kept = [t for t in traces if t.id in kept_ids]
     step = prm.step_scores([tasks[t.task_id].prompt for t in kept], [t.text for t in kept])
     score = {t.id: aggregate(s, pc.aggregation) for t, s in zip(kept, step, strict=True)}
     why: dict[str, str] = {}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 import yaml
 from safetensors import safe_open
@@ -331,6 +332,37 @@ PHASE_FILES = {
 }
 
 
+OPTIONAL_FILES = {
+    "propose": ("rejected_tasks.parquet",),
+    "process": (
+        "corrections.parquet",
+        "correction_judgements.parquet",
+        "prm_labels.parquet",
+        "prm.safetensors",
+    ),
+}
+"""Files a phase writes only with some options on. Which ones it wrote is kept in its manifest
+entry (`files`), so that a deleted one is noticed on start, not silently replaced by a fresh
+model or an empty record set."""
+
+
+def _check_written(path: Path) -> None:
+    """An optional file the manifest says its phase wrote: present and readable."""
+    if not path.is_file():
+        raise CorruptRunError(f"{path}: missing (its phase wrote it)")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own error type for a damaged file
+            raise CorruptRunError(f"{path}: damaged weights ({e})") from e
+    else:
+        try:
+            pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise CorruptRunError(f"{path}: cannot read Parquet ({e})") from e
+
+
 def _check_files(rd: RunDir, manifest: dict, model: ModelConfig, log) -> None:
     """Read back every finished phase's files. The first one missing or damaged (a disk fault, a
     file edited by hand) sends the run back to the last good state: that phase and everything
@@ -344,8 +376,13 @@ def _check_files(rd: RunDir, manifest: dict, model: ModelConfig, log) -> None:
             try:
                 for name, cls in PHASE_FILES.get(phase, ()):
                     read_records(rd.round_dir(r) / name, cls)
+                for name in phases[phase].get("files", ()):
+                    _check_written(rd.round_dir(r) / name)
                 if phase == "train":
                     check_checkpoint(rd.checkpoint(r), model)
+                    for name in phases[phase].get("checkpoint_files", ()):
+                        if not (rd.checkpoint(r) / name).is_file():
+                            raise CorruptRunError(f"{rd.checkpoint(r) / name}: missing")
                 if phase == "eval":
                     path = rd.round_dir(r) / "metrics.json"
                     try:
@@ -430,6 +467,12 @@ def _load_round(rd: RunDir, r: int, state: dict) -> Round:
 
 
 def _mark(rd: RunDir, manifest: dict, r: int, phase: str, info: dict[str, Any]) -> None:
+    # A resumed run must have the same config, so a redone phase writes the same optional files.
+    written = [n for n in OPTIONAL_FILES.get(phase, ()) if (rd.round_dir(r) / n).exists()]
+    if written:
+        info = info | {"files": written}
+    if phase == "train":  # the critic, ORM, PRM... beside the weights: each must stay there
+        info = info | {"checkpoint_files": sorted(p.name for p in rd.checkpoint(r).iterdir())}
     manifest["rounds"][str(r)]["phases"][phase] = info
     rd.write_manifest(manifest)
 
