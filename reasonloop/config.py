@@ -632,6 +632,12 @@ class PostProcessConfig(Section):
     """Length sanity: traces longer than this are dropped."""
     check_steps: bool = True
     """Drop traces with a step the family can check and finds wrong (when it can check steps)."""
+    summarise: bool = False
+    """Train on each kept trace's summary instead of the trace (`postprocess/summarise.py`):
+    repeated steps and steps judged wrong (step judgements, else the family's `check_step`) are
+    removed, the answer kept. The summaries are stored in the round's `summaries.parquet` with
+    `parent` = the trace they summarise. With it on, a right answer with a wrong step is
+    summarised rather than dropped (`check_steps` does not drop it)."""
     correct: CorrectConfig = Field(default_factory=CorrectConfig)
     """Correction of wrong traces: Self-Refine, a trained corrector, or SCoRe (off by default)."""
 

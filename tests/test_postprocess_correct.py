@@ -1,4 +1,4 @@
-"""The Post-Processor's summarise and correct operations: summarise, the correction prompt,
+"""The Post-Processor's correct operations: the correction prompt,
 Self-Refine, the trained corrector, SCoRe's reward shaping, the held-out correction metric, and
 short loop runs of every correction mode."""
 
@@ -22,11 +22,10 @@ from reasonloop.models.tiny import TinyModel
 from reasonloop.postprocess import correction_format as cf
 from reasonloop.postprocess.corrector import corrector_examples, corrupt_answer, seed_examples
 from reasonloop.postprocess.self_refine import refine
-from reasonloop.postprocess.summarise import summarise_steps, summarise_trace
 from reasonloop.reasoner.solve import reference_traces
 from reasonloop.tasks.families.addition import AdditionFamily
 from reasonloop.tasks.registry import get_family
-from reasonloop.types import Decision, Judgement, SFTExample, Trace
+from reasonloop.types import Decision, Judgement, SFTExample, Task, Trace
 
 FAM = AdditionFamily(steps=True)
 TASK = FAM.from_operands(58, 67, 2)  # columns: 8+7+0=15, 5+6+1=12; answer 521 (reversed)
@@ -47,33 +46,6 @@ def _trace(tid: str, steps: list[str], answer: str, parent: str | None = None, *
 
 def _judge(trace: Trace, right: bool) -> Judgement:
     return Judgement(trace.id, "gold", "outcome", [float(right)], verdict=right)
-
-
-# ------------------------------------------------------------------------------- summarise
-
-
-def test_summarise_drops_repeats_and_wrong_steps_keeps_unchecked():
-    kept, dropped = summarise_steps(["a", "b", "a", "c", "d"], [True, False, True, None])
-    # "a" again is a repeat, "b" was judged wrong, "c" is unchecked, "d" has no verdict
-    assert kept == ["a", "c", "d"]
-    assert dropped == [(1, "judged wrong"), (2, "repeated")]
-    assert summarise_steps([], []) == ([], [])
-
-
-def test_summarise_trace_records_lineage_and_only_summarises_right_traces():
-    tr = _trace("t0", ["8+7+0=15", "8+7+0=15", "5+6+0=11", "5+6+1=12"], "521")
-    summary = summarise_trace(FAM, TASK, tr, True, None, rnd=2)
-    assert summary is not None
-    assert summary.steps == ["8+7+0=15", "5+6+1=12"]
-    assert summary.text == "8+7+0=15;5+6+1=12#521"
-    assert summary.parent == "t0" and summary.round == 2
-    assert summary.decoding == {"postprocess": "summarise", "dropped": [[1, "repeated"], [2, "judged wrong"]]}  # fmt: skip
-    assert summarise_trace(FAM, TASK, tr, False, None, 2) is None  # wrong answer: not summarised
-    clean = _trace("t1", ["8+7+0=15", "5+6+1=12"], "521")
-    assert summarise_trace(FAM, TASK, clean, True, None, 2) is None  # nothing to drop
-    # step-level scores win over the family's check: here step 0 is judged wrong
-    by_scores = summarise_trace(FAM, TASK, clean, True, [0.1, 0.9], 2)
-    assert by_scores is not None and by_scores.steps == ["5+6+1=12"]
 
 
 # ----------------------------------------------------------------------- correction prompt

@@ -81,6 +81,7 @@ from reasonloop.models import build_model, load_model
 from reasonloop.models.base import LanguageModel
 from reasonloop.models.rollouts import Rollouts
 from reasonloop.postprocess.filter import process
+from reasonloop.postprocess.summarise import SUMMARIES_FILE, summarise_kept, with_summaries
 from reasonloop.reasoner.solve import reference_traces, solve
 from reasonloop.report.diversity import distinct_share, mean_jaccard_distance, near_duplicates
 from reasonloop.report.summary import write_summary
@@ -339,6 +340,7 @@ OPTIONAL_FILES = {
         "correction_judgements.parquet",
         "prm_labels.parquet",
         "prm.safetensors",
+        SUMMARIES_FILE,
     ),
 }
 """Files a phase writes only with some options on. Which ones it wrote is kept in its manifest
@@ -669,6 +671,13 @@ def _run_round(
             )
             write_records(d / process_reward.LABELS_FILE, prm_records, Judgement)
         examples = sft_examples(by_id, rnd.traces, decisions, r)
+        summary_info: dict[str, Any] = {}
+        if cfg.postprocess.summarise:  # the kept traces' verified core becomes the training text
+            summaries = summarise_kept(by_id, rnd.traces, rnd.judgements, decisions, family, r)
+            write_records(d / SUMMARIES_FILE, summaries, Trace)
+            examples = with_summaries(examples, summaries)
+            dropped = Counter(why for x in summaries for _, why in x.decoding["dropped"])
+            summary_info["summarised"] = {"traces": len(summaries), "steps_dropped": dropped}
         if r == 0:
             per_level = cfg.tasks.seed_examples // max(1, len(cfg.tasks.seed_levels))
             examples = balance_levels(examples, by_id, per_level)
@@ -708,7 +717,8 @@ def _run_round(
             | _judge_stats(cfg, family, by_id, rnd, len(verify))
             | prm_info
             | proposer_info
-            | correction_info,
+            | correction_info
+            | summary_info,
         )
 
     # -- train -------------------------------------------------------------------------------
@@ -1164,7 +1174,9 @@ def _round_metrics(
                 "dropped",
                 "label_accuracy",
                 "examples",
+                "summarised",
             )
+            if k in phases["process"]
         },
         "train": {
             k: phases["train"][k]

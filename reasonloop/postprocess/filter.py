@@ -37,7 +37,7 @@ def process(
             reason = "too long"
         elif not verdict.get(tr.id):
             reason = "judged wrong"
-        elif cfg.check_steps and _bad_step(family, task, tr):
+        elif cfg.check_steps and not cfg.summarise and _bad_step(family, task, tr):
             reason = "bad step"
         elif cfg.dedup and tr.text in seen[tr.task_id]:
             reason = "duplicate"

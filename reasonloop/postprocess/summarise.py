@@ -11,6 +11,10 @@ defined exactly here. Given a trace judged right at outcome level and a verdict 
   answer did not depend on what it claims, and training on it would teach a false statement;
 - every other step is kept, in order, and so is the final answer.
 
+This holds only for families whose steps stand alone (`Family.standalone_steps`: a chain sum's
+running totals, a program's reductions, an equation's rewrites); where a step's place carries
+meaning (addition's columns: `3+4+0=7` may rightly appear twice) nothing is summarised.
+
 Traces judged wrong are not summarised: what their answer depends on is unknown, and their
 wrong steps are what correction (`self_refine.py`, `corrector.py`) is for. Step verdicts come
 from step-level Judgements (score >= 0.5 is right) when the round has them, else from the
@@ -22,9 +26,13 @@ A summary is a new Trace with `parent` = the original's id and decoding
 
 from __future__ import annotations
 
-from reasonloop.tasks.base import Family
-from reasonloop.types import Task, Trace, stable_id
+from dataclasses import replace
 
+from reasonloop.tasks.base import Family
+from reasonloop.types import Decision, Judgement, SFTExample, Task, Trace, stable_id
+
+SUMMARIES_FILE = "summaries.parquet"
+"""A round's summaries (`postprocess.summarise`), beside its traces."""
 REPEATED = "repeated"
 JUDGED_WRONG = "judged wrong"
 
@@ -70,9 +78,10 @@ def summarise_trace(
     step_scores: list[float] | None,
     rnd: int,
 ) -> Trace | None:
-    """The summary of a trace judged right, or None when it is judged wrong, has no answer, or
-    nothing would be dropped (the trace is its own summary)."""
-    if not judged_right or trace.answer is None:
+    """The summary of a trace judged right, or None when it is judged wrong, has no answer,
+    nothing would be dropped (the trace is its own summary), or the family's steps do not stand
+    alone (dropping one of addition's columns would make the trace say something else)."""
+    if not judged_right or trace.answer is None or not family.standalone_steps:
         return None
     kept, dropped = summarise_steps(trace.steps, step_verdicts(family, task, trace, step_scores))
     if not dropped:
@@ -90,3 +99,38 @@ def summarise_trace(
         round=rnd,
         n_tokens=0,
     )
+
+
+def summarise_kept(
+    tasks: dict[str, Task],
+    traces: list[Trace],
+    judgements: list[Judgement],
+    decisions: list[Decision],
+    family: Family,
+    rnd: int,
+) -> list[Trace]:
+    """The summaries of a round's kept traces (those with something to drop), in trace order."""
+    kept = {d.trace_id for d in decisions if d.kept}
+    verdict = {j.trace_id: bool(j.verdict) for j in judgements if j.level == "outcome"}
+    step_scores = {j.trace_id: j.scores for j in judgements if j.level == "step"}
+    out = []
+    for t in traces:
+        if t.id in kept and t.task_id in tasks:
+            s = summarise_trace(
+                family, tasks[t.task_id], t, verdict.get(t.id, False), step_scores.get(t.id), rnd
+            )
+            if s is not None:
+                out.append(s)
+    return out
+
+
+def with_summaries(examples: list[SFTExample], summaries: list[Trace]) -> list[SFTExample]:
+    """Training examples with each summarised trace's text replaced by its summary (and the
+    example pointing at the summary, whose `parent` is the trace it came from)."""
+    by_parent = {s.parent: s for s in summaries}
+    return [
+        replace(ex, completion=by_parent[ex.trace_id].text, trace_id=by_parent[ex.trace_id].id)
+        if ex.trace_id in by_parent
+        else ex
+        for ex in examples
+    ]

@@ -21,6 +21,10 @@ class Family(ABC):
     name: ClassVar[str]
     levels: ClassVar[tuple[int, ...]]
     """Difficulty levels this family can generate, easiest first."""
+    standalone_steps: ClassVar[bool] = False
+    """Each step is a statement that holds on its own (`4*2=8`, `x=5`), so a repeated or wrong
+    step can be dropped and the rest still says the same (`postprocess/summarise.py`). False
+    where a step's place carries meaning (addition's columns, a sort's picks)."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options

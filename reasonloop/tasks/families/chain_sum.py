@@ -25,6 +25,7 @@ class ChainSumFamily(CompactFamily):
 
     name: ClassVar[str] = "chain_sum"
     levels: ClassVar[tuple[int, ...]] = (2, 3, 4, 5, 6, 7, 8)
+    standalone_steps: ClassVar[bool] = True
 
     def __init__(
         self, *, steps: bool = True, digits: int = 1, negative_from: int | None = None

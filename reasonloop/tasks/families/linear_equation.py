@@ -77,6 +77,7 @@ class LinearEquationFamily(CompactFamily):
 
     name: ClassVar[str] = "linear_equation"
     levels: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
+    standalone_steps: ClassVar[bool] = True
 
     def __init__(self, *, steps: bool = True) -> None:
         super().__init__(steps=steps)

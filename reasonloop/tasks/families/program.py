@@ -38,6 +38,7 @@ class ProgramFamily(CompactFamily):
 
     name: ClassVar[str] = "program"
     levels: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)
+    standalone_steps: ClassVar[bool] = True
 
     def __init__(self, *, steps: bool = True, digits: int = 1, sandbox_gold: bool = False) -> None:
         if not is_int(digits) or not 1 <= digits <= 3:
