@@ -54,6 +54,19 @@ class LoRAConfig(Section):
     add up to more than rank r. In bfloat16 each fold rounds the update into bf16 weights."""
 
 
+class DistributedConfig(Section):
+    """How the ranks of a torchrun job share a train phase (`distributed.py`, `fsdp.py`); no
+    effect outside torchrun or on the weights trained (both give the single-process weights up
+    to float rounding)."""
+
+    strategy: Literal["allreduce", "fsdp"] = "allreduce"
+    """`allreduce`: every rank holds the whole model, its gradients and AdamW's state, and the
+    gradients are summed after each backward. `fsdp` (hf backend): during a train phase each
+    rank holds 1/world of the parameters, gradients and AdamW's state (PyTorch FSDP2,
+    `fully_shard`, one unit per decoder layer); the full weights are gathered back at the end of
+    the phase for generation and saving. PPO's critic stays whole on every rank."""
+
+
 class ModelConfig(Section):
     """Which model plays the modules, and its shape when it is built from scratch."""
 
@@ -124,6 +137,8 @@ class ModelConfig(Section):
     device: str = "cpu"
     threads: int = Field(0, ge=0)
     """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Under torchrun: whole replicas (`allreduce`) or sharded training (`fsdp`, hf backend)."""
 
     @field_validator("rope_theta")
     @classmethod
@@ -152,6 +167,15 @@ class ModelConfig(Section):
             raise ValueError(
                 "model.chat_template: a model built from hf_config has the character tokenizer, "
                 "which has no chat template (use a model.path whose tokenizer has one)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp(self) -> ModelConfig:
+        if self.distributed.strategy == "fsdp" and self.backend != "hf":
+            raise ValueError(
+                f"model.distributed.strategy 'fsdp' shards an hf-backend model; backend "
+                f"{self.backend!r} trains with strategy 'allreduce'"
             )
         return self
 

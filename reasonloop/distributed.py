@@ -16,6 +16,10 @@ to run a forward each step, while a global batch smaller than the world leaves a
 rows. One bucketed all-reduce after backward costs DDP's communication without its overlap with
 backward, which on CPU (gloo) at these model sizes is a few milliseconds a step.
 
+With `model.distributed.strategy: fsdp` (hf backend) the trainers' loops run on a sharded twin
+of the network instead (`fsdp.py`); the batches, shares and weights above stay the same, and
+`sync_grads` then sums only the statistics and any unsharded parameters.
+
 Outside torchrun (no WORLD_SIZE > 1 in the environment) every function here is a no-op that
 returns its input, so the single-process path runs exactly as before.
 """
@@ -182,16 +186,21 @@ def sync_grads(params: Iterable[torch.nn.Parameter], values: Sequence[float] = (
     a batch statistic: the loss, a margin) with them; returns the summed values.
 
     A parameter no rank has a gradient for keeps none (so AdamW skips it, as in one process);
-    one that some rank has none for gets the others' sum. Outside torchrun: `values`, unchanged.
+    one that some rank has none for gets the others' sum. A sharded (FSDP, DTensor) parameter is
+    left alone: FSDP summed its gradient during backward (`fsdp.py`). Outside torchrun:
+    `values`, unchanged.
     """
     global _batch
     if not active():
         return list(values)
+    from torch.distributed.tensor import DTensor
+
     _batch = None
     params = [p for p in params if p.requires_grad]
-    if not params:
-        return list(values)
-    device = params[0].device
+    device = params[0].device if params else torch.device("cpu")
+    params = [p for p in params if not isinstance(p, DTensor)]
+    if not params and not values:
+        return []
     head = torch.tensor(
         [*values, *(float(p.grad is not None) for p in params)], dtype=torch.float64, device=device
     )

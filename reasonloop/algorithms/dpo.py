@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from reasonloop import distributed
+from reasonloop import distributed, fsdp
 from reasonloop.algorithms.logprobs import frozen_token_logps, sequence_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.algorithms.sft import batches, encode_example
@@ -130,53 +130,54 @@ def train_dpo(
     ref_chosen, ref_rejected = ref[: len(encoded)], ref[len(encoded) :]
 
     total = cfg.steps or math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
-    module = model.module
-    opt = adamw(module, cfg)
-    rng = random.Random(seed)
-    was_training = module.training
-    module.train()
-    t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            order = batches([0] * len(pairs), cfg.batch_size, total, rng, bucket=False)
-            for step, idx in enumerate(order):
-                lr = lr_at(step, total, cfg)
-                set_lr(opt, lr)
-                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                both = [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows]
-                logps, counts = sequence_logps(model, both)
-                n = len(rows)
-                sel = torch.tensor(rows, device=ref_chosen.device)
-                loss, rc, rr = dpo_loss(
-                    logps[:n],
-                    logps[n:],
-                    ref_chosen[sel].to(logps.device),
-                    ref_rejected[sel].to(logps.device),
-                    beta,
-                    loss_type,
-                    counts[:n],
-                    counts[n:],
-                    label_smoothing,
-                )
-                if rpo_alpha:
-                    loss = loss + rpo_alpha * (-logps[:n] / counts[:n].clamp(min=1)).mean()
-                margin, accuracy = (rc - rr).mean().item(), (rc > rr).float().mean().item()
-                if distributed.active():
-                    # Means over the rank's pairs -> its share of the means over the batch's.
-                    w = distributed.weight(idx)
-                    loss, margin, accuracy = loss * w, margin * w, accuracy * w
-                loss.backward()
-                value, margin, accuracy = distributed.sync_grads(
-                    module.parameters(), [loss.item(), margin, accuracy]
-                )
-                clip_and_step(opt, cfg)
-                stats["margins"].append(margin)
-                stats["accuracies"].append(accuracy)
-                tokens = sum(len(ids) - 1 for i in idx for ids, _ in encoded[i])
-                record_step(stats, step, value, tokens, t0, lr, on_step)
-    finally:
-        module.train(was_training)
+    with fsdp.sharded(model):  # before the optimiser: under FSDP it takes the shards
+        module = model.module
+        opt = adamw(module, cfg)
+        rng = random.Random(seed)
+        was_training = module.training
+        module.train()
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                order = batches([0] * len(pairs), cfg.batch_size, total, rng, bucket=False)
+                for step, idx in enumerate(order):
+                    lr = lr_at(step, total, cfg)
+                    set_lr(opt, lr)
+                    rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                    both = [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows]
+                    logps, counts = sequence_logps(model, both)
+                    n = len(rows)
+                    sel = torch.tensor(rows, device=ref_chosen.device)
+                    loss, rc, rr = dpo_loss(
+                        logps[:n],
+                        logps[n:],
+                        ref_chosen[sel].to(logps.device),
+                        ref_rejected[sel].to(logps.device),
+                        beta,
+                        loss_type,
+                        counts[:n],
+                        counts[n:],
+                        label_smoothing,
+                    )
+                    if rpo_alpha:
+                        loss = loss + rpo_alpha * (-logps[:n] / counts[:n].clamp(min=1)).mean()
+                    margin, accuracy = (rc - rr).mean().item(), (rc > rr).float().mean().item()
+                    if distributed.active():
+                        # Means over the rank's pairs -> its share of the means over the batch's.
+                        w = distributed.weight(idx)
+                        loss, margin, accuracy = loss * w, margin * w, accuracy * w
+                    loss.backward()
+                    value, margin, accuracy = distributed.sync_grads(
+                        module.parameters(), [loss.item(), margin, accuracy]
+                    )
+                    clip_and_step(opt, cfg)
+                    stats["margins"].append(margin)
+                    stats["accuracies"].append(accuracy)
+                    tokens = sum(len(ids) - 1 for i in idx for ids, _ in encoded[i])
+                    record_step(stats, step, value, tokens, t0, lr, on_step)
+        finally:
+            module.train(was_training)
     return stats
 
 

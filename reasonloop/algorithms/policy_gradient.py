@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonloop import distributed
+from reasonloop import distributed, fsdp
 from reasonloop.algorithms.dense_reward import dense_advantages
 from reasonloop.algorithms.grpo import (
     group_advantages,
@@ -179,57 +179,65 @@ def train_policy_gradient(
     ref = frozen_token_logps(reference, seqs) if rl.kl_beta and reference is not None else None
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
-    module = model.module
-    opt = optimizer if optimizer is not None else adamw(module, cfg)
-    rng = random.Random(seed)
-    was_training = module.training
-    module.train()
-    t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
-            for step, idx in enumerate(order):
-                lr = lr_at(step, total, cfg)
-                set_lr(opt, lr)
-                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                logps, mask = token_logps(model, [seqs[i] for i in rows])
-                old_b = _pad([old[i] for i in rows], mask)
-                ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
-                if dense is None:
-                    a = torch.tensor([adv[i] for i in rows], dtype=logps.dtype, device=logps.device)
-                else:
-                    a = _pad([adv[i] for i in rows], mask)
-                loss, s = grpo_loss(
-                    logps,
-                    a,
-                    mask,
-                    old_logps=old_b,
-                    ref_logps=ref_b,
-                    beta=rl.kl_beta,
-                    eps_low=rl.clip_low,
-                    eps_high=rl.clip_high,
-                    aggregation=rl.aggregation,
-                    max_tokens=max_new_tokens,
-                )
-                kl, clipped = s["kl"], s["clip_fraction"]
-                if distributed.active():
-                    # kl and clip_fraction are token means; the loss is a token mean (`token`)
-                    # or a mean over completions (`sequence`, and `fixed` with its fixed length).
-                    tok = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
-                    row = tok if rl.aggregation == "token" else distributed.weight(idx)
-                    loss, kl, clipped = loss * row, kl * tok, clipped * tok
-                loss.backward()
-                value, kl, clipped = distributed.sync_grads(
-                    module.parameters(), [loss.item(), kl, clipped]
-                )
-                clip_and_step(opt, cfg)
-                stats["kl"].append(kl)
-                stats["clip_fraction"].append(clipped)
-                tokens = sum(len(seqs[i][0]) - 1 for i in idx)
-                record_step(stats, step, value, tokens, t0, lr, on_step)
-    finally:
-        module.train(was_training)
+    if optimizer is not None and fsdp.enabled(model):
+        raise ValueError(
+            "model.distributed.strategy 'fsdp' shards the model afresh for each call, so an "
+            "optimizer carried over from an earlier call holds parameters it no longer trains"
+        )
+    with fsdp.sharded(model):  # before the optimiser: under FSDP it takes the shards
+        module = model.module
+        opt = optimizer if optimizer is not None else adamw(module, cfg)
+        rng = random.Random(seed)
+        was_training = module.training
+        module.train()
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
+                for step, idx in enumerate(order):
+                    lr = lr_at(step, total, cfg)
+                    set_lr(opt, lr)
+                    rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                    logps, mask = token_logps(model, [seqs[i] for i in rows])
+                    old_b = _pad([old[i] for i in rows], mask)
+                    ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
+                    if dense is None:
+                        a = torch.tensor(
+                            [adv[i] for i in rows], dtype=logps.dtype, device=logps.device
+                        )
+                    else:
+                        a = _pad([adv[i] for i in rows], mask)
+                    loss, s = grpo_loss(
+                        logps,
+                        a,
+                        mask,
+                        old_logps=old_b,
+                        ref_logps=ref_b,
+                        beta=rl.kl_beta,
+                        eps_low=rl.clip_low,
+                        eps_high=rl.clip_high,
+                        aggregation=rl.aggregation,
+                        max_tokens=max_new_tokens,
+                    )
+                    kl, clipped = s["kl"], s["clip_fraction"]
+                    if distributed.active():
+                        # kl and clip_fraction are token means; the loss is a token mean (`token`)
+                        # or a mean over completions (`sequence`, and `fixed` with its fixed length).
+                        tok = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
+                        row = tok if rl.aggregation == "token" else distributed.weight(idx)
+                        loss, kl, clipped = loss * row, kl * tok, clipped * tok
+                    loss.backward()
+                    value, kl, clipped = distributed.sync_grads(
+                        module.parameters(), [loss.item(), kl, clipped]
+                    )
+                    clip_and_step(opt, cfg)
+                    stats["kl"].append(kl)
+                    stats["clip_fraction"].append(clipped)
+                    tokens = sum(len(seqs[i][0]) - 1 for i in idx)
+                    record_step(stats, step, value, tokens, t0, lr, on_step)
+        finally:
+            module.train(was_training)
     return stats
 
 
@@ -293,77 +301,78 @@ def train_ppo(
     adv, returns = _ppo_targets(old, old_values, outcome, ref, ppo, flat)
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
-    critic_cfg = cfg.model_copy(update={"lr": ppo.critic_lr})
-    opt, critic_opt = adamw(model.module, cfg), adamw(critic.module, critic_cfg)
-    rng = random.Random(seed)
-    modes = model.module.training, critic.module.training
-    model.module.train()
-    critic.module.train()
-    t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
-            for step, idx in enumerate(order):
-                lr = lr_at(step, total, cfg)
-                set_lr(opt, lr)
-                set_lr(critic_opt, lr_at(step, total, critic_cfg))
-                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                batch = [seqs[i] for i in rows]
-                logps, mask = token_logps(model, batch)
-                values, _ = critic.values(batch)
-                old_b = _pad([old[i] for i in rows], mask)
-                policy_loss, s = grpo_loss(
-                    logps,
-                    _pad([adv[i] for i in rows], mask),
-                    mask,
-                    old_logps=old_b,
-                    eps_low=ppo.clip_low,
-                    eps_high=ppo.clip_high,
-                    aggregation="token",
-                )
-                returns_b = _pad([returns[i] for i in rows], mask)
-                v_loss = value_loss(
-                    values,
-                    _pad([old_values[i] for i in rows], mask),
-                    returns_b,
-                    mask,
-                    ppo.value_clip or None,
-                )
-                with torch.no_grad():
-                    approx_kl = float(old_policy_kl(logps, old_b, mask))
-                    kl = 0.0
-                    if ref is not None:
-                        ref_b = _pad([ref[i] for i in rows], mask)
-                        kl = float(masked_mean(k3_kl(logps, ref_b), mask))
-                    ev = explained_variance(values.detach(), returns_b, mask)
-                curves = [policy_loss.item(), v_loss.item(), approx_kl, kl, s["clip_fraction"]]
-                if distributed.active():
-                    # The losses and curves are means over the batch's completion tokens; the
-                    # explained variance comes from the token sums of every rank.
-                    w = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
-                    policy_loss, v_loss = policy_loss * w, v_loss * w
-                    curves = [c * w for c in curves] + _variance_sums(values, returns_b, mask)
-                # Separate networks, separate graphs: one backward fills both sets of gradients.
-                (policy_loss + v_loss).backward()
-                curves = distributed.sync_grads(
-                    [*model.module.parameters(), *critic.module.parameters()], curves
-                )
-                clip_and_step(opt, cfg)
-                clip_and_step(critic_opt, critic_cfg)
-                if distributed.active():
-                    ev = _explained_variance_of_sums(curves[5:])
-                p_loss, v_value, approx_kl, kl, clipped = curves[:5]
-                stats["approx_kl"].append(approx_kl)
-                stats["kl"].append(kl)
-                stats["explained_variance"].append(ev)
-                stats["value_loss"].append(v_value)
-                stats["clip_fraction"].append(clipped)
-                tokens = sum(len(seqs[i][0]) - 1 for i in idx)
-                record_step(stats, step, p_loss, tokens, t0, lr, on_step)
-    finally:
-        model.module.train(modes[0])
-        critic.module.train(modes[1])
+    with fsdp.sharded(model):  # before the optimiser: under FSDP it takes the shards
+        critic_cfg = cfg.model_copy(update={"lr": ppo.critic_lr})
+        opt, critic_opt = adamw(model.module, cfg), adamw(critic.module, critic_cfg)
+        rng = random.Random(seed)
+        modes = model.module.training, critic.module.training
+        model.module.train()
+        critic.module.train()
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
+                for step, idx in enumerate(order):
+                    lr = lr_at(step, total, cfg)
+                    set_lr(opt, lr)
+                    set_lr(critic_opt, lr_at(step, total, critic_cfg))
+                    rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                    batch = [seqs[i] for i in rows]
+                    logps, mask = token_logps(model, batch)
+                    values, _ = critic.values(batch)
+                    old_b = _pad([old[i] for i in rows], mask)
+                    policy_loss, s = grpo_loss(
+                        logps,
+                        _pad([adv[i] for i in rows], mask),
+                        mask,
+                        old_logps=old_b,
+                        eps_low=ppo.clip_low,
+                        eps_high=ppo.clip_high,
+                        aggregation="token",
+                    )
+                    returns_b = _pad([returns[i] for i in rows], mask)
+                    v_loss = value_loss(
+                        values,
+                        _pad([old_values[i] for i in rows], mask),
+                        returns_b,
+                        mask,
+                        ppo.value_clip or None,
+                    )
+                    with torch.no_grad():
+                        approx_kl = float(old_policy_kl(logps, old_b, mask))
+                        kl = 0.0
+                        if ref is not None:
+                            ref_b = _pad([ref[i] for i in rows], mask)
+                            kl = float(masked_mean(k3_kl(logps, ref_b), mask))
+                        ev = explained_variance(values.detach(), returns_b, mask)
+                    curves = [policy_loss.item(), v_loss.item(), approx_kl, kl, s["clip_fraction"]]
+                    if distributed.active():
+                        # The losses and curves are means over the batch's completion tokens; the
+                        # explained variance comes from the token sums of every rank.
+                        w = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
+                        policy_loss, v_loss = policy_loss * w, v_loss * w
+                        curves = [c * w for c in curves] + _variance_sums(values, returns_b, mask)
+                    # Separate networks, separate graphs: one backward fills both sets of gradients.
+                    (policy_loss + v_loss).backward()
+                    curves = distributed.sync_grads(
+                        [*model.module.parameters(), *critic.module.parameters()], curves
+                    )
+                    clip_and_step(opt, cfg)
+                    clip_and_step(critic_opt, critic_cfg)
+                    if distributed.active():
+                        ev = _explained_variance_of_sums(curves[5:])
+                    p_loss, v_value, approx_kl, kl, clipped = curves[:5]
+                    stats["approx_kl"].append(approx_kl)
+                    stats["kl"].append(kl)
+                    stats["explained_variance"].append(ev)
+                    stats["value_loss"].append(v_value)
+                    stats["clip_fraction"].append(clipped)
+                    tokens = sum(len(seqs[i][0]) - 1 for i in idx)
+                    record_step(stats, step, p_loss, tokens, t0, lr, on_step)
+        finally:
+            model.module.train(modes[0])
+            critic.module.train(modes[1])
     return stats
 
 

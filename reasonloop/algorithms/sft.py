@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from reasonloop import distributed
+from reasonloop import distributed, fsdp
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
 from reasonloop.config import TrainConfig
 from reasonloop.models.base import LanguageModel, Tokenizer
@@ -124,40 +124,41 @@ def train_sft(
         except ValueError as e:
             raise ValueError(f"SFT example {i} (task {ex.task_id!r}): {e}") from None
     total = cfg.steps or math.ceil(cfg.epochs * len(examples) / cfg.batch_size)
-    module = model.module
-    device = next(module.parameters()).device
-    opt = adamw(module, cfg)
-    rng = random.Random(seed)
-    lengths = [len(s) for s, _ in seqs]
-    was_training = module.training
-    module.train()
-    t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout, if a backend has any
-            for step, idx in enumerate(
-                batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
-            ):
-                lr = lr_at(step, total, cfg)
-                set_lr(opt, lr)
-                rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                inputs, labels, mask, attn = collate(
-                    [seqs[i] for i in rows], model.tokenizer.pad_id, device
-                )
-                loss = sft_loss(model.forward(inputs, attn), labels, mask)
-                if distributed.active():  # the rank's share of the token mean over the batch
-                    loss = loss * distributed.weight(idx, lambda i: lengths[i] - seqs[i][1])
-                loss.backward()
-                (value,) = distributed.sync_grads(module.parameters(), [loss.item()])
-                clip_and_step(opt, cfg)
-                tokens = sum(lengths[i] - 1 for i in idx)
-                record_step(stats, step, value, tokens, t0, lr, on_step)
-                # Each rank reads its own clock; all stop when any is over.
-                if max_seconds is not None and distributed.any_rank(
-                    stats["seconds"] >= max_seconds
+    with fsdp.sharded(model):  # before the optimiser: under FSDP it takes the shards
+        module = model.module
+        device = next(module.parameters()).device
+        opt = adamw(module, cfg)
+        rng = random.Random(seed)
+        lengths = [len(s) for s, _ in seqs]
+        was_training = module.training
+        module.train()
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # dropout, if a backend has any
+                for step, idx in enumerate(
+                    batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
                 ):
-                    break
-    finally:
-        module.train(was_training)
+                    lr = lr_at(step, total, cfg)
+                    set_lr(opt, lr)
+                    rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
+                    inputs, labels, mask, attn = collate(
+                        [seqs[i] for i in rows], model.tokenizer.pad_id, device
+                    )
+                    loss = sft_loss(model.forward(inputs, attn), labels, mask)
+                    if distributed.active():  # the rank's share of the token mean over the batch
+                        loss = loss * distributed.weight(idx, lambda i: lengths[i] - seqs[i][1])
+                    loss.backward()
+                    (value,) = distributed.sync_grads(module.parameters(), [loss.item()])
+                    clip_and_step(opt, cfg)
+                    tokens = sum(lengths[i] - 1 for i in idx)
+                    record_step(stats, step, value, tokens, t0, lr, on_step)
+                    # Each rank reads its own clock; all stop when any is over.
+                    if max_seconds is not None and distributed.any_rank(
+                        stats["seconds"] >= max_seconds
+                    ):
+                        break
+        finally:
+            module.train(was_training)
     stats["loss_first"], stats["loss_last"] = stats["losses"][0], stats["losses"][-1]
     return stats
