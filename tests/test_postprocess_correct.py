@@ -126,7 +126,7 @@ def test_corrector_examples_only_from_tasks_with_wrong_and_right_traces():
     only_wrong = Trace("o", other.id, "000", [], "000", "r")  # no right trace for `other`
     traces = [right, w1, w2, w3, hinted, only_wrong]
     judg = [_judge(t, t is right) for t in traces]
-    ex = corrector_examples(tasks, traces, judg, FAM, 3, per_task=2, feedback="step")
+    ex = corrector_examples(tasks, traces, judg, FAM, 3, 2, "step", keep_share=0.0)
     assert [(e.prompt, e.completion) for e in ex] == [
         (TASK.prompt + w1.text + "|?|", right.text),
         (TASK.prompt + w1.text + "|1|", right.text),  # first wrong step: index 1
@@ -134,8 +134,39 @@ def test_corrector_examples_only_from_tasks_with_wrong_and_right_traces():
         (TASK.prompt + "999|x|", right.text),  # no steps to blame: outcome feedback
     ]
     assert {(e.task_id, e.trace_id, e.round) for e in ex} == {(TASK.id, "r", 3)}
-    no_fb = corrector_examples(tasks, traces, judg, FAM, 3, per_task=5, feedback="none")
+    no_fb = corrector_examples(tasks, traces, judg, FAM, 3, 5, "none", keep_share=0.0)
     assert [e.prompt[len(TASK.prompt) :] for e in no_fb] == [w1.text + "|?|", "999|?|", "998|?|"]
+    # with keeps: the right attempt -> itself, no feedback, as many as the `?` fixes at 0.5
+    kept = corrector_examples(tasks, traces, judg, FAM, 3, 2, "step", keep_share=0.5)
+    assert [(e.prompt, e.completion) for e in kept[:4]] == [(e.prompt, e.completion) for e in ex]
+    assert [(e.prompt, e.completion, e.trace_id) for e in kept[4:]] == [
+        (TASK.prompt + right.text + "|?|", right.text, "r")
+    ] * 2
+    # a share of 0.75 asks three keeps per fix; the task's one right trace is used in turn
+    many = corrector_examples(tasks, traces, judg, FAM, 3, 5, "none", keep_share=0.75)
+    keeps = [e for e in many if e.prompt == TASK.prompt + right.text + "|?|"]
+    assert len(many) == 12 and len(keeps) == 9 and {e.completion for e in keeps} == {right.text}
+    with pytest.raises(ValueError, match="keep_share must be in"):
+        corrector_examples(tasks, traces, judg, FAM, 3, 2, "none", keep_share=1.0)
+
+
+def test_keep_examples_come_from_the_tasks_that_have_fixes():
+    """A task whose traces are all right gives no keep: keeps and fixes share their tasks, so
+    what tells them apart is the attempt."""
+    other = FAM.from_operands(11, 22, 2)
+    tasks = {TASK.id: TASK, other.id: other}
+    right = _trace("r", ["8+7+0=15", "5+6+1=12"], "521")
+    wrong = _trace("w", [], "999")
+    solved = Trace("s", other.id, "330", [], "330", "r")
+    judg = [_judge(right, True), _judge(wrong, False)]
+    judg.append(Judgement("s", "gold", "outcome", [1.0], verdict=True))
+    ex = corrector_examples(tasks, [right, wrong, solved], judg, FAM, 1, 2, "none", 0.5)
+    assert [e.prompt for e in ex] == [TASK.prompt + "999|?|", TASK.prompt + right.text + "|?|"]
+    # an attempt that `clean_attempt` would change cannot be kept as it is
+    two_lines = _trace("r2", [], "521\nmore")
+    judg2 = [_judge(two_lines, True), _judge(wrong, False)]
+    only_fix = corrector_examples(tasks, [two_lines, wrong], judg2, FAM, 1, 2, "none", 0.5)
+    assert [e.prompt for e in only_fix] == [TASK.prompt + "999|?|"]
 
 
 def test_seed_examples_inject_one_wrong_digit():
@@ -146,9 +177,25 @@ def test_seed_examples_inject_one_wrong_digit():
         assert bad is not None and bad.startswith("8+7+0=15;5+6+1=12#")
         answer = bad.rpartition("#")[2]
         assert sum(a != b for a, b in zip(answer, "521", strict=True)) == 1
-    ex = seed_examples({TASK.id: TASK}, [ref], FAM, 3, "outcome", random.Random(1))
+    ex = seed_examples({TASK.id: TASK}, [ref], FAM, 3, "outcome", random.Random(1), 0.0)
     assert len(ex) == 6 and all(e.completion == ref.text and e.trace_id == "ref" for e in ex)
     assert [e.prompt[-3:] for e in ex] == ["|?|", "|x|"] * 3
+    assert all(e.prompt != TASK.prompt + ref.text + "|?|" for e in ex)  # every one a fix
+
+
+def test_seed_examples_keep_a_share_of_right_attempts_unchanged():
+    rng = random.Random(0)
+    tasks = [FAM.from_operands(rng.randrange(100), rng.randrange(100), 2) for _ in range(30)]
+    refs = reference_traces(FAM, tasks, 0)
+    by_id = {t.id: t for t in tasks}
+    ex = seed_examples(by_id, refs, FAM, 40, "outcome", random.Random(2), keep_share=0.25)
+    keeps = [e for e in ex if e.prompt == by_id[e.task_id].prompt + e.completion + "|?|"]
+    fixes = [e for e in ex if e not in keeps]
+    assert len(keeps) == 10 and len(fixes) == 2 * 30  # 30 injected errors, with `?` and `x`
+    assert sum(e.prompt.endswith("|?|") for e in ex) == 40  # one `?` example per drawn trace
+    for e in fixes:  # the attempt differs from the completion in exactly one answer digit
+        attempt = e.prompt[len(by_id[e.task_id].prompt) : -3]
+        assert attempt != e.completion and len(attempt) == len(e.completion)
 
 
 # ----------------------------------------------------------------- held-out correction metric
@@ -156,7 +203,16 @@ def test_seed_examples_inject_one_wrong_digit():
 
 def test_fixed_and_broken_by_hand():
     got = fixed_and_broken([False, False, False, True, True], [True, False, True, False, True])
-    assert got == {"fixed": 2 / 3, "broken": 1 / 2, "pass@1_second": 3 / 5, "wrong": 3, "right": 2}
+    assert got == {
+        "fixed": 2 / 3,
+        "broken": 1 / 2,
+        "n_fixed": 2,
+        "n_broken": 1,
+        "pass@1_first": 2 / 5,
+        "pass@1_second": 3 / 5,
+        "wrong": 3,
+        "right": 2,
+    }
     assert fixed_and_broken([], [])["fixed"] == 0.0
     with pytest.raises(ValueError, match="2 first attempts but 1 second"):
         fixed_and_broken([True, False], [True])
@@ -193,8 +249,8 @@ def test_self_refine_corrects_up_to_k_times_with_lineage():
 
 def test_trained_corrector_fixes_more_injected_errors_than_it_breaks():
     """Sorting two digits: the model learns every task, and correction examples (an injected
-    wrong digit -> the right answer) for half of them; on the other half it fixes injected
-    errors and leaves right attempts right."""
+    wrong digit -> the right answer, and as many right attempts -> themselves) for 50 of them;
+    on the other tasks it fixes injected errors and leaves right attempts right."""
     torch.set_num_threads(1)
     fam = get_family("sorting", steps=False)
     rng = random.Random(3)
@@ -203,7 +259,7 @@ def test_trained_corrector_fixes_more_injected_errors_than_it_breaks():
     refs = reference_traces(fam, tasks, 0)
     seen, held = refs[:50], refs[50:]
     data = [SFTExample(by_id[t.task_id].prompt, t.text, t.task_id, t.id) for t in refs]
-    data += seed_examples(by_id, seen, fam, 400, "none", random.Random(1))
+    data += seed_examples(by_id, seen, fam, 400, "none", random.Random(1), keep_share=0.5)
     model = TinyModel.create(ModelConfig(dim=32, n_layers=2, n_heads=2, max_seq_len=32), seed=0)
     train_sft(model, data, TrainConfig(lr=5e-3, steps=200, batch_size=32, warmup_steps=10), 0)
     greedy = Sampling(temperature=0.0, max_new_tokens=6)
@@ -214,10 +270,11 @@ def test_trained_corrector_fixes_more_injected_errors_than_it_breaks():
     second = [c[0].text for c in model.generate(wrong + right, 1, greedy)]
     ok = [fam.verify(t, fam.parse(s)[1]) == 1.0 for t, s in zip(held_tasks * 2, second, strict=True)]  # fmt: skip
     got = fixed_and_broken([False] * len(held) + [True] * len(held), ok)
-    assert got["fixed"] >= 0.5 and got["fixed"] > got["broken"], got
+    assert got["fixed"] >= 0.5 and got["n_fixed"] > got["n_broken"], got
     # the held-out metric on the same model: its own first attempts, then second attempts
     effect = correction_effect(model, fam, held_tasks, 6)
     assert effect["wrong"] + effect["right"] == len(held_tasks)
+    assert effect["by_level"]["2"]["right"] == effect["right"]  # one level, the whole set
     assert effect["broken"] < 0.5, effect
 
 
@@ -260,6 +317,10 @@ def test_loop_runs_each_correction_mode_and_writes_the_metric(tmp_path, preset, 
     c = metrics["heldout"]["correction"]
     assert 0.0 <= c["fixed"] <= 1.0 and 0.0 <= c["broken"] <= 1.0
     assert c["wrong"] + c["right"] == 4 * 2  # every held-out task, first attempt right or wrong
+    assert set(c["by_level"]) == {"1", "2"}
+    for key in ("wrong", "right", "n_fixed", "n_broken"):  # the levels add up to the whole
+        assert sum(lv[key] for lv in c["by_level"].values()) == c[key]
+    assert c["pass@1_first"] == metrics["heldout"]["pass@1"]  # the same greedy first attempts
     r0 = json.loads((tmp_path / "run" / "rounds" / "r000" / "metrics.json").read_text())
     assert "correction" in r0["heldout"]  # the baseline before any correction training
     traces = {t.id: t for t in read_records(d / "traces.parquet", Trace)}
@@ -285,7 +346,49 @@ def test_loop_runs_each_correction_mode_and_writes_the_metric(tmp_path, preset, 
         sft = read_records(d / "sft.parquet", SFTExample)
         seed_sft = read_records(tmp_path / "run" / "rounds" / "r000" / "sft.parquet", SFTExample)
         assert sum(e.prompt.endswith("|?|") for e in seed_sft) == 16
+        # half of them (keep_share 0.5) keep a right attempt as it is
+        seed_tasks = {t.id: t for t in read_records(tmp_path / "run" / "rounds" / "r000" / "tasks.parquet", Task)}  # fmt: skip
+        keeps = [e for e in seed_sft if e.prompt == seed_tasks[e.task_id].prompt + e.completion + "|?|"]  # fmt: skip
+        assert len(keeps) == 8
         assert all(e.prompt.endswith(("|?|", "|x|")) for e in sft if "|" in e.prompt)
+
+
+def test_corrector_preset_trains_on_fixes_and_keeps_of_its_own_round(tmp_path):
+    """The shipped corrector preset, shrunk: round 1's correction examples are the round's own
+    wrong answers -> a right one of the same task, and its own right answers -> themselves,
+    half of the `?` examples each."""
+    overrides = TINY | {
+        "seed_train": {"steps": 150},
+        "tasks": {
+            "seed_examples": 400,
+            "heldout_per_level": 8,
+            "seed_levels": [2, 3],
+            "heldout_levels": [2, 3],
+        },  # fmt: skip
+        "creator": {"per_round": 48, "start_level": 3},
+        "reasoner": {"samples": 4, "batch_size": 64},
+        "postprocess": {"correct": {"seed_pairs": 64}},
+    }
+    cfg = load_config("corrector", None, overrides)
+    assert cfg.tasks.family == "chain_sum" and cfg.postprocess.correct.keep_share == 0.5
+    run_loop(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+    d = tmp_path / "run" / "rounds" / "r001"
+    tasks = {t.id: t for t in read_records(d / "tasks.parquet", Task)}
+    traces = read_records(d / "traces.parquet", Trace) + read_records(d / "corrections.parquet", Trace)  # fmt: skip
+    verdicts = read_records(d / "judgements.parquet", Judgement)
+    verdicts += read_records(d / "correction_judgements.parquet", Judgement)
+    right = {j.trace_id for j in verdicts if j.verdict}
+    texts = {(t.task_id, t.text, t.id in right) for t in traces}
+    sft = [e for e in read_records(d / "sft.parquet", SFTExample) if e.round == 1 and "|" in e.prompt]  # fmt: skip
+    keeps, fixes = [], []
+    for e in sft:
+        attempt, fb = cf.parse(e.prompt, tasks[e.task_id].prompt) or ("", "")
+        assert (e.task_id, e.completion, True) in texts  # the completion: a right answer of it
+        (keeps if attempt == e.completion else fixes).append((attempt, fb, e))
+    assert keeps and fixes
+    assert all(fb == "?" for _, fb, _ in keeps)
+    assert all((e.task_id, a, False) in texts for a, _, e in fixes)  # its own wrong answers
+    assert len(keeps) == sum(fb == "?" for _, fb, _ in fixes)  # keep_share 0.5
 
 
 def test_correction_modes_need_a_matching_algorithm():

@@ -142,17 +142,20 @@ def training_examples(
     r: int,
     seed: int,
 ) -> list[SFTExample]:
-    """Round 0: `seed_pairs` injected-error correction examples (any mode); later rounds in
-    corrector mode: the round's (wrong -> right) correction examples; none otherwise."""
+    """Round 0: `seed_pairs` correction examples, injected errors and keeps (any mode); later
+    rounds in corrector mode: the round's (wrong -> right) and (right -> same) correction
+    examples; none otherwise."""
     c = cfg.postprocess.correct
     if c.mode == "none":
         return []
     if r == 0:
         rng = random.Random(seed + _SEED_OFFSET)
-        return seed_examples(tasks, traces, family, c.seed_pairs, c.feedback, rng)
+        return seed_examples(tasks, traces, family, c.seed_pairs, c.feedback, rng, c.keep_share)
     if c.mode != "corrector":
         return []
-    return corrector_examples(tasks, traces, judgements, family, r, c.pairs_per_task, c.feedback)
+    return corrector_examples(
+        tasks, traces, judgements, family, r, c.pairs_per_task, c.feedback, c.keep_share
+    )
 
 
 def first_attempts(traces: list[Trace]) -> list[Trace]:
@@ -180,7 +183,8 @@ def with_second_attempts(
 
 def heldout_metric(
     cfg: RunConfig, gen: Rollouts, family: Family, heldout: list[Task]
-) -> dict[str, float | int]:
-    """`heldout.correction`: the corrector's fixed and broken shares on the held-out tasks."""
+) -> dict[str, Any]:
+    """`heldout.correction`: the corrector's fixed and broken shares and counts on the held-out
+    tasks, overall and per level."""
     rc = cfg.reasoner
     return correction_effect(gen, family, heldout, rc.max_new_tokens, rc.batch_size)
