@@ -364,9 +364,16 @@ class CreatorConfig(Section):
     the level whose measured success p (training tasks, last round that drew it) lies in
     `target_band` with the highest learnability p(1-p), and go up a level when none does;
     `self-play`: after round 0 the model itself proposes the tasks (`proposer`; needs
-    `tasks.family: program`), at the frontier levels."""
+    `tasks.family: program`), asked at the level adaptive would pick and the
+    `levels_ahead - 1` above it."""
     target_band: tuple[float, float] = (0.2, 0.8)
-    """adaptive: the success rates worth training at (below: too hard, above: mastered)."""
+    """adaptive, self-play: the success rates worth training at (below: too hard, above:
+    mastered)."""
+    min_trials: int = Field(1, ge=1)
+    """adaptive, self-play: a round's success at a level counts only when measured on at least
+    this many samples. Self-play measures every operation count its proposals happen to have,
+    and the 8 samples of two stray 2-operation programs (p = 0.5) once pulled the next round's
+    level below the solver's (measured)."""
     evolve: list[str] = Field(default_factory=list)
     """Evolution operators (`reasonloop.tasks.evolve`) applied to a share of each round's
     tasks: change_numbers, add_term, structured_input, rephrase."""

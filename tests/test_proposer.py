@@ -20,10 +20,12 @@ import pytest
 
 from reasonloop.config import ConfigError, ModelConfig, ProposerConfig, load_config
 from reasonloop.loop.creation import self_play_tasks
+from reasonloop.loop.run import _adaptive_frontier
 from reasonloop.loop.run import run as run_loop
 from reasonloop.loop.store import read_records
 from reasonloop.models import build_model
-from reasonloop.tasks import programs, proposer
+from reasonloop.tasks import creator, programs, proposer
+from reasonloop.tasks.curriculum import choose_level
 from reasonloop.tasks.families.program import ProgramFamily
 from reasonloop.tasks.registry import get_family
 from reasonloop.tasks.reliability import RejectedTask, execution_check
@@ -73,6 +75,8 @@ def test_solve_rates_count_unhinted_outcome_verdicts_per_task():
         _trace("b2", "B"),  # judged at step level only
         _trace("c1", "C"),  # never judged
         _trace("d1", "D"),
+        # A correction of b1 saw the wrong first attempt: not a solve either.
+        Trace("b3", "B", "", [], None, "reasoner:r0", {}, parent="b1"),
     ]
     judgements = [
         _verdict("a1", True),
@@ -82,6 +86,7 @@ def test_solve_rates_count_unhinted_outcome_verdicts_per_task():
         _verdict("b1", False),
         _verdict("b2", True, level="step"),
         _verdict("d1", True),
+        _verdict("b3", True),
         _verdict("zz", True),  # a judgement of no trace here
     ]
     rates = proposer.solve_rates(traces, judgements)
@@ -160,9 +165,15 @@ def test_sample_proposals_asks_each_level_in_turn_and_repeats_with_its_seed():
     model = build_model(ModelConfig(dim=32, n_layers=1, n_heads=2, threads=1), seed=0)
     cfg = ProposerConfig(proposals=5, max_new_tokens=6, temperature=1.0)
     got = proposer.sample_proposals(model, [3, 4], cfg, seed=11, batch_size=2)
-    assert Counter(level for level, _ in got) == {3: 3, 4: 2}
+    # Interleaved, so a round that keeps only the first verified ones keeps both levels alike.
+    assert [level for level, _ in got] == [3, 4, 3, 4, 3]
     assert all(isinstance(p, str) and "\n" not in p and p == p.strip() for _, p in got)
     assert proposer.sample_proposals(model, [3, 4], cfg, seed=11, batch_size=2) == got
+    # Each level's texts are its own prompt's samples, in the order they were drawn.
+    alone = proposer.sample_proposals(
+        model, [3], ProposerConfig(proposals=3, max_new_tokens=6), 11, 2
+    )
+    assert [p for lv, p in got if lv == 3] == [p for _, p in alone]
 
 
 # -- through the real sandbox ----------------------------------------------------------------
@@ -183,6 +194,8 @@ def test_verify_proposals_keeps_sandbox_verified_programs_and_names_every_reject
         (1, "1+" * 30 + "1"),
         (2, "3 + 4*2"),  # the first one again, spaced differently
         (1, "8-1"),  # a held-out task
+        (1, "5"),  # no operation: its answer is its own text
+        (1, "-(7)"),
         (2, "6*7"),  # valid, but the round is full
     ]
     tasks, rejects, info = proposer.verify_proposals(fam, proposals, 3, {held.id}, 2, "proposer:r1")
@@ -213,14 +226,16 @@ def test_verify_proposals_keeps_sandbox_verified_programs_and_names_every_reject
     assert why["1+" * 30 + "1="][0] == "invalid_program"
     assert "longer than" in why["1+" * 30 + "1="][1]
     assert why["8-1="][0] == "heldout"
+    assert why["5="][0] == why["-(7)="][0] == "trivial"
     assert why["6*7="][0] == "over_limit"
     dup = next(r for r in rejects if r.reason == "duplicate")
     assert dup.task_id == tasks[0].id  # one task, however the program was spaced
     assert all(r.made_by == "proposer:r1" and r.round == 2 for r in rejects)
 
-    assert info["proposals"] == 12 and info["kept"] == 3
-    # Verified: ran and agreed with the steps, whether kept or turned away afterwards.
-    assert info["verified"] == 6 and info["verified_share"] == 0.5
+    assert info["proposals"] == 14 and info["kept"] == 3
+    # Verified: ran, is a task (not trivial) and agreed with the steps, whether kept or turned
+    # away afterwards.
+    assert info["verified"] == 6 and info["verified_share"] == round(6 / 14, 4)
     assert info["rejected"] == {
         "duplicate": 1,
         "heldout": 1,
@@ -228,10 +243,11 @@ def test_verify_proposals_keeps_sandbox_verified_programs_and_names_every_reject
         "over_limit": 1,
         "sandbox_error": 1,
         "too_large": 1,
+        "trivial": 2,
     }
     assert info["difficulty_hist"] == {"1": 2, "2": 1}
     assert info["operators"] == {"%": 1, "*": 1, "+": 2}
-    assert info["difficulty_asked_mean"] == 1.5  # 18 asked operations over 12 proposals
+    assert info["difficulty_asked_mean"] == round(20 / 14, 3)  # asked operations / proposals
 
 
 def test_self_play_tasks_need_the_program_family():
@@ -274,6 +290,7 @@ SIZES: dict = {
     "creator.proposer.proposals": 32,
     "creator.proposer.seed_examples": 64,
     "creator.proposer.min_tasks": 10,
+    "creator.min_trials": 1,  # every measured level counts, so round 2's choice is a real one
     "reasoner.samples": 2,
     "reasoner.batch_size": 32,
 }
@@ -399,6 +416,69 @@ def test_self_play_rounds_train_on_verified_proposals_and_record_rejections(self
         )
     # The proposer learned to write runnable programs, and some of them are trained on.
     assert verified > 0 and proposed_kept > 0
+
+
+def test_a_level_measured_on_a_handful_of_samples_does_not_steer_the_curriculum():
+    """Two stray 2-operation proposals (8 samples, p = 0.5) beside hundreds of samples at the
+    asked levels: with `min_trials` they are ignored and the level asked follows the well
+    measured ones."""
+    fam = ProgramFamily()
+    manifest = {
+        "rounds": {
+            "1": {"phases": {"process": {"success_by_level": {"3": [90, 100], "4": [9, 100]}}}},
+            "2": {
+                "phases": {
+                    "process": {"success_by_level": {"2": [4, 8], "3": [70, 100], "4": [30, 100]}}
+                }
+            },
+        }
+    }
+    loose = load_config("self-play", None, {"creator": {"min_trials": 1}})
+    level, info = _adaptive_frontier(loose, fam, manifest, 3, 3)
+    assert level == 2 and info["success"]["2"] == 0.5
+    strict = load_config("self-play", None, {"creator": {"min_trials": 64}})
+    level, info = _adaptive_frontier(strict, fam, manifest, 3, 3)
+    assert level == 4 and info["success"] == {"3": 0.7, "4": 0.3}  # ties go to the harder
+    # Only round 1 so far, and nothing in it measured enough: the frontier's level.
+    thin = {"rounds": {"1": {"phases": {"process": {"success_by_level": {"3": [3, 8]}}}}}}
+    level, info = _adaptive_frontier(strict, fam, thin, 2, 3)
+    assert level == 3 and info["why"].startswith("no success measured")
+
+
+def test_self_play_asks_where_the_solver_was_measured_most_learnable(self_play_run):
+    """Round 1 has no sampled success yet (round 0 trains on gold traces): it asks at the
+    frontier. Round 2 asks at the level that round 1's per-sample success says, recounted here
+    from the stored traces and verdicts, the adaptive curriculum would pick, and the one above.
+    No kept task is trivial (no operation); the trivial proposals are rejected as such."""
+    out = self_play_run
+    cfg = load_config("self-play", None, _nested(SIZES))
+    fam = ProgramFamily()
+    rounds = {m["round"]: m for m in json.loads((out / "summary.json").read_text())["rounds"]}
+    start = cfg.creator.start_level
+    first = start if start is not None else max(SIZES["tasks.seed_levels"]) + 1
+    assert rounds[1]["curriculum"]["why"].startswith("no success measured")
+    assert rounds[1]["levels"] == creator.frontier_levels(fam, first, cfg.creator)
+
+    d = out / "rounds/r001"
+    level_of = {t.id: t.difficulty for t in read_records(d / "tasks.parquet", Task)}
+    verdict = {j.trace_id: j.verdict for j in read_records(d / "judgements.parquet", Judgement)}
+    table: dict[int, tuple[int, int]] = {}
+    for t in read_records(d / "traces.parquet", Trace):
+        ok, n = table.get(level_of[t.task_id], (0, 0))
+        table[level_of[t.task_id]] = (ok + bool(verdict[t.id]), n + 1)
+    table = {lv: c for lv, c in table.items() if c[1] >= cfg.creator.min_trials}
+    level, why = choose_level(list(fam.levels), table, cfg.creator.target_band, first)
+    assert rounds[2]["curriculum"]["level"] == level and rounds[2]["curriculum"]["why"] == why
+    assert rounds[2]["levels"] == rounds[2]["self_play"]["levels_asked"]
+    assert rounds[2]["levels"] == creator.frontier_levels(fam, level, cfg.creator)
+
+    for r in (1, 2):
+        d = out / "rounds" / f"r{r:03d}"
+        tasks = read_records(d / "tasks.parquet", Task)
+        assert all(programs.operation_count(t.params["program"]) > 0 for t in tasks)
+        for x in read_records(d / "rejected_tasks.parquet", RejectedTask):
+            if x.reason == "trivial":
+                assert programs.operation_count(x.prompt[:-1]) == 0
 
 
 def test_killed_self_play_run_resumes_to_identical_records(tmp_path, self_play_run):

@@ -515,7 +515,8 @@ def _run_round(
         rejects: list[RejectedTask] = []  # tasks the creator's checks dropped, with reasons
         if r > 0:
             frontier = prev["phases"]["eval"]["next_frontier"]
-            if cfg.creator.mode == "adaptive":
+            # Self-play too: its proposer earns reward only where the solver sometimes succeeds.
+            if cfg.creator.mode in ("adaptive", "self-play"):
                 frontier, extra["curriculum"] = _adaptive_frontier(
                     cfg, family, manifest, r, frontier
                 )
@@ -862,8 +863,15 @@ def _adaptive_frontier(
 ) -> tuple[int, dict[str, Any]]:
     """The level with the most learnable measured success (`tasks.curriculum`), from the
     sampled rounds so far (round 0's reference traces measure nothing about the model)."""
+    least = cfg.creator.min_trials
     table = curriculum.success_table(
-        manifest["rounds"][str(q)]["phases"]["process"].get("success_by_level", {})
+        {
+            lv: cell
+            for lv, cell in manifest["rounds"][str(q)]["phases"]["process"]
+            .get("success_by_level", {})
+            .items()
+            if cell[1] >= least
+        }
         for q in range(1, r)
     )
     top = cfg.creator.max_level if cfg.creator.max_level is not None else max(family.levels)

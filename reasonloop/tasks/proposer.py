@@ -17,8 +17,14 @@ proposer nothing. Our choices:
   examples `?L<ops>:` -> program, trained in the same step as the solver's kept traces. The
   prompt carries the proposal's *measured* operation count, not the asked level (hindsight
   relabelling), so the level in the prompt keeps meaning "this many operations".
-- Difficulty is the operation count (`programs.operation_count`); the asked levels follow the
-  Task Creator's frontier, which moves up when the solver masters it.
+- Difficulty is the operation count (`programs.operation_count`). The asked levels follow the
+  solver's measured competence, as the adaptive curriculum does (`tasks/curriculum.py`): the
+  level whose per-sample success lies in `creator.target_band` with the highest p(1-p), and the
+  `levels_ahead - 1` above it, so the proposer is asked where its reward can be earned and the
+  next level up is always measured, moving up as the solver improves. A frontier that waits
+  for mastery would ask where the solver solves nothing (p = 0: no reward, no kept traces).
+- A program without an operation (`5`, `-(7)`) is rejected as `trivial`: its answer is its
+  text, so solving it teaches nothing and it would only pad the round.
 - Round 0 teaches the format: `seed_examples` generator programs as proposer examples.
 """
 
@@ -68,10 +74,12 @@ def sample_proposals(
     seed: int,
     batch_size: int = 512,
 ) -> list[tuple[int, str]]:
-    """`cfg.proposals` (asked level, program text) pairs, levels in turn, sampled in batches."""
+    """`cfg.proposals` (asked level, program text) pairs, levels in turn, sampled in batches
+    (one level's prompt per batch). Returned interleaved, levels in turn as asked, so that a
+    round keeping only the first `per_round` verified ones keeps every asked level alike."""
     asked = [levels[i % len(levels)] for i in range(cfg.proposals)]
     by_level = Counter(asked)
-    out: list[tuple[int, str]] = []
+    drawn: dict[int, list[str]] = {}
     for j, (level, n) in enumerate(sorted(by_level.items())):
         sampling = Sampling(
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + j
@@ -80,13 +88,18 @@ def sample_proposals(
         while done < n:
             k = min(n - done, max(1, batch_size))
             comps = model.generate([proposer_prompt(level)], k, sampling)[0]
-            out += [(level, parse_proposal(c.text)) for c in comps]
+            drawn.setdefault(level, []).extend(parse_proposal(c.text) for c in comps)
             done += k
             sampling = Sampling(
                 temperature=cfg.temperature,
                 max_new_tokens=cfg.max_new_tokens,
                 seed=seed + j + 7919 * done,
             )
+    taken = Counter[int]()
+    out: list[tuple[int, str]] = []
+    for level in asked:
+        out.append((level, drawn[level][taken[level]]))
+        taken[level] += 1
     return out
 
 
@@ -100,9 +113,9 @@ def verify_proposals(
 ) -> tuple[list[Task], list[RejectedTask], dict[str, Any]]:
     """Run the proposals in the sandbox (one batch) and keep up to `limit` distinct verified
     ones as tasks; the rest are rejected with the reason: the program check's or the sandbox's
-    (`invalid_program`, `sandbox_timeout`, ...), `too_large`, `reference_mismatch` (our step
-    writer disagrees with the sandbox), `heldout` (the task is in the held-out set),
-    `duplicate`, `over_limit`."""
+    (`invalid_program`, `sandbox_timeout`, ...), `too_large`, `trivial` (no operation),
+    `reference_mismatch` (our step writer disagrees with the sandbox), `heldout` (the task is
+    in the held-out set), `duplicate`, `over_limit`."""
     texts = [p for _, p in proposals]
     results = programs.run_programs(texts)
     kept: dict[str, Task] = {}
@@ -127,7 +140,9 @@ def verify_proposals(
             steps_answer = family.solve(task)[1]
         except ValueError as e:
             steps_answer = f"({e})"
-        if steps_answer != answer:
+        if task.params["ops"] == 0:
+            rejects.append(rejected(task, "trivial", "no operation: the answer is the program"))
+        elif steps_answer != answer:
             rejects.append(rejected(task, "reference_mismatch", f"steps give {steps_answer}"))
         elif task.id in exclude:
             rejects.append(rejected(task, "heldout"))
@@ -169,12 +184,13 @@ def difficulty_stats(tasks: list[Task]) -> dict[str, Any]:
 
 
 def solve_rates(traces: list[Trace], judgements: list[Judgement]) -> dict[str, float]:
-    """Per task, the share of its (unhinted) sampled traces judged right."""
+    """Per task, the share of its sampled traces judged right: a rationalisation (hint) saw the
+    answer and a correction (`parent` set) saw a first attempt, so neither is a solve."""
     verdict = {j.trace_id: bool(j.verdict) for j in judgements if j.level == "outcome"}
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for t in traces:
-        if t.id in verdict and not t.decoding.get("hint"):
+        if t.id in verdict and not t.decoding.get("hint") and not t.parent:
             total[t.task_id] += 1
             right[t.task_id] += verdict[t.id]
     return {k: right[k] / n for k, n in total.items()}
