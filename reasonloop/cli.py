@@ -86,10 +86,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"\nbeyond-seed held-out pass@1: {ch['beyond_seed'] * 100:+.1f} points from round 0 to round {summary['rounds'][-1]['round']}"
         )
+    weak = _weak_seed(summary, cfg.tasks.seed_levels, cfg.tasks.seed_check)
+    if weak:
+        print(
+            f"\nwarning: after the seed, held-out pass@1 on seed levels {weak} is below "
+            f"tasks.seed_check ({cfg.tasks.seed_check}): the seed did not learn what it was "
+            "shown, so the rounds had little to build on (docs/easy-to-hard.md)"
+        )
     print(
         f"total {summary.get('seconds', 0):.0f}s; results: {out}/summary.json, plot: {out}/{summary.get('plot', '')}"
     )
     return 0
+
+
+def _weak_seed(summary: dict, seed_levels: list[int], bar: float) -> dict[int, float]:
+    """Seed levels whose round-0 held-out pass@1 is under `bar` (0: no check)."""
+    rounds = summary.get("rounds") or []
+    if not bar or not rounds or rounds[0].get("round") != 0:
+        return {}
+    by_level = (rounds[0].get("heldout") or {}).get("by_level") or {}
+    return {
+        lv: round(by_level[str(lv)], 2)
+        for lv in seed_levels
+        if str(lv) in by_level and by_level[str(lv)] < bar
+    }
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

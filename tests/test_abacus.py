@@ -36,6 +36,16 @@ def test_digit_runs_count_within_each_number():
     assert digit_runs(ids).tolist() == [[0, 0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 1, 2]]
 
 
+def test_an_anchor_opens_a_run_and_the_digits_after_it_go_on():
+    tok = CharTokenizer()
+    (eq,) = tok.encode("=")
+    ids = torch.tensor([[PAD_ID, BOS_ID, *tok.encode("12+345=6x78==9")]])
+    assert digit_runs(ids, eq).tolist() == [[0, 0, 1, 2, 0, 1, 2, 3, 1, 2, 0, 1, 2, 1, 1, 2]]
+    # Reversed addition: answer digit j is predicted at index j + 1, its operand digits' index.
+    runs = digit_runs(torch.tensor([tok.encode("141+563=6050")]), eq)[0].tolist()
+    assert runs[:3] == [1, 2, 3] and runs[4:7] == [1, 2, 3] and runs[7:11] == [1, 2, 3, 4]
+
+
 def test_the_embedding_changes_the_logits_and_only_at_digits():
     model = _model()
     ids = torch.tensor([[BOS_ID, *CharTokenizer().encode("ab12")]])
@@ -46,10 +56,12 @@ def test_the_embedding_changes_the_logits_and_only_at_digits():
     assert (with_abacus[:, 3:] - without[:, 3:]).abs().max() > 1e-3
 
 
-def test_sampler_with_cache_agrees_with_full_forward():
+@pytest.mark.parametrize("anchor", ["", "="])
+def test_sampler_with_cache_agrees_with_full_forward(anchor):
     """Greedy text and sampled log-probs from the KV-cache sampler (which carries the digit-run
-    index token by token) equal a full forward over the finished sequence."""
-    model = _model()
+    index token by token, the anchor included) equal a full forward over the finished
+    sequence."""
+    model = _model(abacus_anchor=anchor)
     greedy = Sampling(temperature=0, max_new_tokens=10, stop_at_newline=False)
     for prompt, (c,) in zip(PROMPTS, model.generate(PROMPTS, 1, greedy), strict=True):
         (alone,) = model.generate([prompt], 1, greedy)[0]
@@ -104,3 +116,9 @@ def test_config_errors_name_the_field():
         ModelConfig(abacus=8, abacus_offset=8)
     with pytest.raises(ValidationError, match="tiny-backend"):
         ModelConfig(backend="hf", abacus=8)
+    with pytest.raises(ValidationError, match="abacus_anchor .* needs abacus > 0"):
+        ModelConfig(abacus_anchor="=")
+    with pytest.raises(ValidationError, match="one non-digit character"):
+        ModelConfig(abacus=8, abacus_anchor="7")
+    with pytest.raises(ValidationError, match="not in the tiny tokenizer"):
+        ModelConfig(abacus=8, abacus_anchor="\u00e9")

@@ -149,9 +149,16 @@ def test_greedy_text_through_the_server_equals_the_models_own(copier, served):
         assert [[c.text for c in cs] for cs in got] == [[c.text for c in cs] for cs in own]
         # n_tokens: the 4 letters and the newline, as the tiny backend counts them
         assert [cs[0].n_tokens for cs in got] == [cs[0].n_tokens for cs in own] == [5] * 8
+        assert all(cs[0].stopped for cs in got) and all(cs[0].stopped for cs in own)
+        # Two tokens of a 4-letter copy: cut by the budget, finish_reason "length" -> not stopped.
+        short = Sampling(temperature=0.0, max_new_tokens=2)
+        cut_own = copier.generate(prompts[:2], 1, short)
+        cut_got = client.generate(prompts[:2], 1, short)
+        assert [cs[0].text for cs in cut_got] == [cs[0].text for cs in cut_own] == ["ab", "fe"]
+        assert not any(cs[0].stopped for cs in cut_got + cut_own)
         sampled = client.generate(prompts[:2], 3, Sampling(temperature=1.0, max_new_tokens=8))
         assert [len(cs) for cs in sampled] == [3, 3]
-        assert client.requests_sent == 10
+        assert client.requests_sent == 12
     finally:
         client.close()
     chat = OpenAIModel(served.url, NAME, api="chat")

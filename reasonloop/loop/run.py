@@ -756,8 +756,13 @@ def _run_round(
         distributed.send_order(("train", r))
         distributed.broadcast_module(model.module)
         # Epoch-based phases learn their step count from the data (None: a bar without a total).
-        with bar(f"round {r} train", tcfg.steps, "step") as pb:
+        total = tcfg.steps
+        if r == 0 and total is not None and cfg.tasks.seed_first_levels:
+            total += cfg.tasks.seed_first_steps
+        with bar(f"round {r} train", total, "step") as pb:
             stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
+        if r == 0 and cfg.tasks.seed_check:
+            stats = _check_seed(cfg, rd, rnd, by_id, family, model, tcfg, stats, bar, log)
         critic = stats.pop("critic", None)  # PPO's, when it carries over to the next round
         tmp = rd.tmp_dir() / "ckpt"
         model.save(tmp)
@@ -786,7 +791,7 @@ def _run_round(
         for key in ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES):
             if key in stats:
                 info[key] = [round(x, 5) for x in stats[key]]
-        for key in ("reward_mean", "groups", "groups_kept", "rl_inputs"):
+        for key in ("reward_mean", "groups", "groups_kept", "rl_inputs", "seed_checks"):
             if key in stats:
                 info[key] = stats[key]
         if orm_info is not None:
@@ -1067,7 +1072,97 @@ def _train(
         examples = sum(len(g.completions) for g in groups)
         return stats | {"examples": examples, "critic": critic if ppo.keep_critic else None}
     data = _training_set(rd, cfg, r, rnd)
+    if r == 0 and cfg.tasks.seed_first_levels:
+        return _two_stage_seed(cfg, by_id, model, data, tcfg, seed, on_step)
     return train_sft(model, data, tcfg, seed, on_step=on_step) | {"examples": len(data)}
+
+
+def _check_seed(
+    cfg: RunConfig,
+    rd: RunDir,
+    rnd: Round,
+    by_id: dict[str, Task],
+    family: Family,
+    model: LanguageModel,
+    tcfg: TrainConfig,
+    stats: dict[str, Any],
+    bar: Bar,
+    log,
+) -> dict[str, Any]:
+    """`tasks.seed_check`: greedy pass@1 of the trained seed on its own training tasks; below
+    the bar, train again from fresh weights (init seed + 1, ...) and keep the best attempt.
+    Some initial weights of the NoPE addition model never leave a plateau; another init does.
+    Returns the kept attempt's training stats with `seed_checks`, every attempt's pass@1."""
+    per_level: dict[int, list[Task]] = {}
+    for t in rnd.tasks:
+        if t.difficulty in cfg.tasks.seed_levels:
+            per_level.setdefault(t.difficulty, [])
+            if len(per_level[t.difficulty]) < 50:
+                per_level[t.difficulty].append(t)
+    probe = [t for lv in sorted(per_level) for t in per_level[lv]]
+    checks = [evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"]]
+    best_state: dict[str, torch.Tensor] | None = None
+    best_stats = stats
+    for attempt in range(1, cfg.tasks.seed_restarts + 1):
+        if checks[-1] >= cfg.tasks.seed_check:
+            break
+        log(
+            f"seed pass@1 on its training tasks {checks[-1]:.2f} < seed_check "
+            f"{cfg.tasks.seed_check}: starting over from init seed {cfg.seed + attempt}"
+        )
+        if checks[-1] >= max(checks[:-1], default=-1.0):  # the best so far: keep it
+            best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+            best_stats = stats
+        model.module.load_state_dict(build_model(cfg.model, cfg.seed + attempt).module.state_dict())
+        distributed.send_order(("train", 0))  # under torchrun the other ranks train again too
+        distributed.broadcast_module(model.module)
+        with bar("round 0 train, again", tcfg.steps, "step") as pb:
+            stats = _train(cfg, rd, 0, rnd, by_id, model, tcfg, _step_tick(pb))
+        checks.append(evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"])
+    if best_state is not None and max(checks[:-1]) > checks[-1]:
+        # The other ranks need not follow: every train order starts from rank 0's weights.
+        model.module.load_state_dict(best_state)
+        stats = best_stats
+    if max(checks) < cfg.tasks.seed_check:
+        log(
+            f"warning: the seed reached pass@1 {max(checks):.2f} on its own training tasks "
+            f"(seed_check {cfg.tasks.seed_check}) in {len(checks)} attempt(s); the rounds start "
+            "from a seed that has not learned its levels"
+        )
+    return stats | {"seed_checks": checks}
+
+
+def _two_stage_seed(
+    cfg: RunConfig,
+    by_id: dict[str, Task],
+    model: LanguageModel,
+    data: list[SFTExample],
+    tcfg: TrainConfig,
+    seed: int,
+    on_step,
+) -> dict[str, Any]:
+    """`tasks.seed_first_levels`: the easy levels alone first, then every seed level; the
+    stats add up as one phase (losses of both stages, in order)."""
+    first_levels = set(cfg.tasks.seed_first_levels)
+    first = [
+        ex for ex in data if ex.task_id in by_id and by_id[ex.task_id].difficulty in first_levels
+    ]
+    stage1 = tcfg.model_copy(update={"steps": cfg.tasks.seed_first_steps})
+    a = train_sft(model, first, stage1, seed, on_step=on_step)
+    b = train_sft(model, data, tcfg, seed + 1, on_step=on_step)
+    seconds = a["seconds"] + b["seconds"]
+    tokens = a["tokens"] + b["tokens"]
+    return {
+        "steps": a["steps"] + b["steps"],
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "loss_first": a["loss_first"],
+        "loss_last": b["loss_last"],
+        "losses": a["losses"] + b["losses"],
+        "stage_steps": [a["steps"], b["steps"]],
+        "examples": len(data),
+    }
 
 
 def _train_orm(

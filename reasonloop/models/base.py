@@ -43,6 +43,9 @@ class Completion:
     n_tokens: int
     logprob: float = 0.0
     """Sum of the sampled tokens' log-probabilities under the sampling distribution's model."""
+    stopped: bool = True
+    """False when the token budget ran out before a stop token: the text is cut, unfinished
+    (an OpenAI-compatible `finish_reason` of "length")."""
 
 
 @runtime_checkable

@@ -537,7 +537,8 @@ class HFModel:
                 else:  # a newline token, possibly with text before the newline
                     text = self.tokenizer.decode(tokens[: t + 1]).split("\n", 1)[0]
                 return Completion(text, t + 1, float(sum(logps[: t + 1])))
-        return Completion(self.tokenizer.decode(tokens[:limit]), limit, float(sum(logps[:limit])))
+        text = self.tokenizer.decode(tokens[:limit])
+        return Completion(text, limit, float(sum(logps[:limit])), stopped=False)
 
     def _cut_at_step(self, c: Completion, tokens: list[int], logps: list[float]) -> Completion:
         """`Sampling.stop_at_step` by truncation after decoding: a subword vocabulary has many

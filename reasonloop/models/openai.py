@@ -420,11 +420,13 @@ class OpenAIModel:
             if len(texts) != n or not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"expected {n} text choices, got {len(texts)}")
             used = (payload.get("usage") or {}).get("completion_tokens")
+            cut = [c.get("finish_reason") == "length" for c in choices]
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise OpenAIBackendError(
                 self._redact(f"{BACKEND} backend: POST {self._url}: unexpected response ({e})")
             ) from None
-        return [Completion(t, k) for t, k in zip(texts, _split_tokens(texts, used), strict=True)]
+        counts = _split_tokens(texts, used)
+        return [Completion(t, k, stopped=not c) for t, k, c in zip(texts, counts, cut, strict=True)]
 
 
 def _split_tokens(texts: list[str], used: Any) -> list[int]:

@@ -91,13 +91,17 @@ def is_digit(ids: torch.Tensor) -> torch.Tensor:
     return (ids >= FIRST_DIGIT_ID) & (ids < FIRST_DIGIT_ID + 10)
 
 
-def digit_runs(ids: torch.Tensor) -> torch.Tensor:
+def digit_runs(ids: torch.Tensor, anchor: int = -1) -> torch.Tensor:
     """[B, T] index of each token within its run of consecutive digits (1, 2, ...); 0 for
-    non-digits. Padding is not a digit, so left padding does not shift the indices."""
+    non-digits. Padding is not a digit, so left padding does not shift the indices. The
+    `anchor` token id (if any) opens a run of its own at index 1; the digits after it go on
+    from 2."""
     digit = is_digit(ids)
+    anchored = ids == anchor
     t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    last_other = torch.where(digit, -1, t).cummax(dim=1).values
-    return torch.where(digit, t - last_other, 0)
+    # The position just before each run's first index: the anchor counts as the run's first.
+    start = torch.where(digit, -1, torch.where(anchored, t - 1, t)).cummax(dim=1).values
+    return torch.where(digit | anchored, t - start, 0)
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +238,9 @@ class TinyTransformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
         self.nope = math.isinf(cfg.rope_theta)
         self.abacus_max, self.abacus_offset = cfg.abacus, cfg.abacus_offset
+        self.abacus_anchor = (
+            CharTokenizer().encode(cfg.abacus_anchor)[0] if cfg.abacus_anchor else -1
+        )
         if cfg.abacus:
             # Row 0 (non-digits) stays zero: padding_idx keeps it out of training.
             self.abacus = nn.Embedding(cfg.abacus + 1, cfg.dim, padding_idx=0)
@@ -283,7 +290,7 @@ class TinyTransformer(nn.Module):
         a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`."""
         x = self.embed(ids)
         if self.abacus_max:
-            x = x + self.abacus(self.abacus_index(digit_runs(ids)))
+            x = x + self.abacus(self.abacus_index(digit_runs(ids, self.abacus_anchor)))
         rope = None
         if not self.nope:
             T = ids.shape[1]
@@ -631,7 +638,7 @@ class TinyModel:
         budgets = [min(sampling.max_new_tokens, cfg.max_seq_len - L) for L in lens]
         steps = max(budgets)
         if steps <= 0:
-            return [Completion("", 0, 0.0) for _ in range(len(encoded) * n)]
+            return [Completion("", 0, 0.0, stopped=False) for _ in range(len(encoded) * n)]
         B0, B, P = len(encoded), len(encoded) * n, max(lens)
         ids = torch.full((B0, P), PAD_ID, dtype=torch.long)
         for i, e in enumerate(encoded):
@@ -670,7 +677,11 @@ class TinyModel:
         bias = bias.repeat_interleave(H, 1)
         next_pos = lens_t.repeat_interleave(n, 0)  # rope position of the token sampled at step 0
         # Digit-run index of each row's last prompt token, carried on as tokens are sampled.
-        runs = digit_runs(ids)[:, -1].repeat_interleave(n, 0) if module.abacus_max else None
+        runs = (
+            digit_runs(ids, module.abacus_anchor)[:, -1].repeat_interleave(n, 0)
+            if module.abacus_max
+            else None
+        )
         budget_t = torch.tensor(budgets, device=dev).repeat_interleave(n, 0)
         stop_ids = [EOS_ID, NEWLINE_ID] if sampling.stop_at_newline else [EOS_ID]
         if sampling.stop_at_step:
@@ -711,7 +722,7 @@ class TinyModel:
                     runs = runs[alive] if runs is not None else None
             # Rows past their budget keep decoding garbage (discarded); clamp keeps rope in range.
             if runs is not None:
-                runs = torch.where(is_digit(tok), runs + 1, 0)
+                runs = torch.where(is_digit(tok), runs + 1, (tok == module.abacus_anchor).long())
             logits = module.step(tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias, runs)
         return _completions(
             tokens[:, :run].tolist(), logps[:, :run].tolist(), budgets, n, stop_ids, self.tokenizer
@@ -776,11 +787,12 @@ def _completions(
     out = []
     for r, (row, lps) in enumerate(zip(tokens, logps, strict=True)):
         limit = min(budgets[r // n], len(row))
-        end, count = limit, limit
+        end, count, stopped = limit, limit, False
         for t in range(limit):
             if row[t] in stop_ids:
                 # A step separator stays in the text: the next step is appended right after it.
-                end, count = (t + 1 if row[t] == STEP_ID else t), t + 1
+                end, count, stopped = (t + 1 if row[t] == STEP_ID else t), t + 1, True
                 break
-        out.append(Completion(tokenizer.decode(row[:end]), count, float(sum(lps[:count]))))
+        text = tokenizer.decode(row[:end])
+        out.append(Completion(text, count, float(sum(lps[:count])), stopped))
     return out

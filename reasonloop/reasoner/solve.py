@@ -59,6 +59,10 @@ def solve(
             decoding = {**how, "sample": j}
             if hint:
                 decoding["hint"] = True
+            if not c.stopped:
+                decoding["cut"] = True
+                if cfg.cut_has_no_answer:
+                    answer = None
             traces.append(
                 Trace(
                     id=stable_id(task.id, producer, rnd, j, hint),
