@@ -602,7 +602,7 @@ class App:
             self.view.prompt_tokens(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
             for i, p in enumerate(prompts)
         ]
-        choices, used = self._decode(prompts, counts, n, sampling, stops, chat=False)
+        choices, used = self._decode(prompts, n, sampling, stops, chat=False)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -624,7 +624,7 @@ class App:
         sampling, n, stops = self._common(body, "chat", default_max)
         prompt = self.view.chat_prompt(conversation)
         count = self.view.prompt_tokens(prompt, "messages")
-        choices, used = self._decode([prompt], [count], n, sampling, stops, chat=True)
+        choices, used = self._decode([prompt], n, sampling, stops, chat=True)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -645,7 +645,6 @@ class App:
     def _decode(
         self,
         prompts: list[str],
-        counts: list[int],
         n: int,
         sampling: Sampling,
         stops: list[str],
@@ -665,23 +664,17 @@ class App:
             log.exception("generation failed")
             raise APIError(500, f"generation failed: {e}", type_="server_error") from None
         choices, used = [], 0
-        for count, comps in zip(counts, out, strict=True):
-            budget = sampling.max_new_tokens
-            if self.view.context is not None:
-                budget = min(budget, self.view.context - count)
+        for comps in out:
             for c in comps:
-                text, finish, tokens = self._finish(c, budget, stops)
+                text, finish, tokens = self._finish(c, stops)
                 choices.append((text, finish))
                 used += tokens
         return choices, used
 
-    def _finish(self, c: Completion, budget: int, stops: list[str]) -> tuple[str, str, int]:
+    def _finish(self, c: Completion, stops: list[str]) -> tuple[str, str, int]:
         """Cut at the first stop string; "stop" when the model or a stop string ended it."""
         text, tokens = c.text, c.n_tokens
-        # The backend's text excludes a stop token it generated but its count includes it; only
-        # a character tokenizer makes that comparison exact (a subword one may re-encode the
-        # text into fewer tokens), so otherwise a stop on the budget's last token reads "length".
-        stopped = tokens < budget or (self.view.char_level and tokens > self.view.text_tokens(text))
+        stopped = c.stopped  # the backend knows whether a stop token or the budget ended it
         hits = [(i, s) for s in stops if (i := text.find(s)) >= 0]
         if hits:
             i, s = min(hits)

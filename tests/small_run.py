@@ -28,6 +28,10 @@ SMALL = {
     "reasoner.samples": 3,
     "reasoner.batch_size": 32,
     "model.threads": 1,
+    # A 40-step seed cannot pass the preset's check, and a restart would double round 0
+    # (tests/test_seed_check.py covers it; test_resume runs with it on).
+    "tasks.seed_check": 0,
+    "tasks.seed_restarts": 0,
 }
 
 # Smaller still, for tests that only need some finished rounds (bad inputs, trackers): seconds.
@@ -45,6 +49,8 @@ TINIEST = {
     "tasks.heldout_levels": "[1,2,3]",
     "creator.per_round": 8,
     "reasoner.samples": 2,
+    "tasks.seed_check": 0,
+    "tasks.seed_restarts": 0,
 }
 
 

@@ -43,6 +43,8 @@ def test_a_seed_below_the_bar_starts_over_and_the_better_attempt_is_kept(tmp_pat
     train = json.loads((tmp_path / "run" / "manifest.json").read_text())["rounds"]["0"]
     checks = train["phases"]["train"]["seed_checks"]
     assert len(checks) == 3 and all(0.0 <= c < 1.0 for c in checks)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"][0]["train"]["seed_checks"] == checks
     assert len(train["phases"]["train"]["losses"]) == 150  # the kept attempt's, not all three
     assert sum("starting over from init seed" in ln for ln in lines) == 2
     assert any(ln.startswith("warning: the seed reached") for ln in lines)

@@ -29,6 +29,7 @@ def test_first_stage_trains_the_easy_levels_then_all(tmp_path):
     info = json.loads((tmp_path / "run" / "manifest.json").read_text())["rounds"]["0"]
     train = info["phases"]["train"]
     assert train["steps"] == 15 + 40 and len(train["losses"]) == 55
+    assert train["stage_steps"] == [15, 40]
     # Level 1 alone ("6+6=" -> "21"): every sequence of the first stage is short, so its 15
     # steps process fewer tokens than 15 steps of the mixed 1-3 digit stage that follows.
     one = _cfg(**{"rounds": 0, "tasks.seed_first_levels": [], "tasks.seed_first_steps": 0})

@@ -479,6 +479,10 @@ def _mark(rd: RunDir, manifest: dict, r: int, phase: str, info: dict[str, Any]) 
     rd.write_manifest(manifest)
 
 
+# Figures of a train phase kept as they are in the manifest and in summary.json.
+TRAIN_FIGURES = ("reward_mean", "groups", "groups_kept", "rl_inputs", "seed_checks", "stage_steps")
+
+
 def _run_round(
     r: int,
     cfg: RunConfig,
@@ -791,7 +795,7 @@ def _run_round(
         for key in ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES):
             if key in stats:
                 info[key] = [round(x, 5) for x in stats[key]]
-        for key in ("reward_mean", "groups", "groups_kept", "rl_inputs", "seed_checks"):
+        for key in TRAIN_FIGURES:
             if key in stats:
                 info[key] = stats[key]
         if orm_info is not None:
@@ -1283,17 +1287,7 @@ def _round_metrics(
         },
         "train": {
             k: phases["train"][k]
-            for k in (
-                "examples",
-                "steps",
-                "tokens",
-                "loss_first",
-                "loss_last",
-                "reward_mean",
-                "groups",
-                "groups_kept",
-                "rl_inputs",
-            )
+            for k in ("examples", "steps", "tokens", "loss_first", "loss_last", *TRAIN_FIGURES)
             if k in phases["train"]
         }
         | _last_of(phases["train"], ("margins", "accuracies", "kl", "clip_fraction", *PPO_CURVES)),

@@ -225,6 +225,10 @@ def _heldout(run: Run) -> str:
     )
 
 
+# Lists in a train phase that are not one value per step: the seed's attempts and stages.
+_NOT_CURVES = frozenset({"seed_checks", "stage_steps"})
+
+
 def _training(run: Run) -> str:
     phases = {
         int(k): v.get("phases", {}).get("train", {})
@@ -234,6 +238,8 @@ def _training(run: Run) -> str:
     curves: dict[str, dict[int, list[float]]] = {}
     for r in sorted(phases):
         for key, val in phases[r].items():
+            if key in _NOT_CURVES:
+                continue
             if isinstance(val, list) and val and all(_is_number(x) for x in val):
                 curves.setdefault(key, {})[r] = val
     charts = []
