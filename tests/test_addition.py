@@ -11,8 +11,8 @@ from reasonloop.reasoner.format import parse
 from reasonloop.tasks.families.addition import AdditionFamily
 
 FORMATS = [
-    dict(reverse=r, pad=p, steps=s, reverse_operands=o)
-    for r, p, s, o in itertools.product([True, False], repeat=4)
+    dict(reverse=r, pad=p, steps=s, reverse_operands=o, pad_carry=c)
+    for r, p, s, o, c in itertools.product([True, False], repeat=5)
 ]
 
 
@@ -45,6 +45,9 @@ def test_padded_reversed_example() -> None:
     assert AdditionFamily(pad=False).answer(181, 3) == "181"
     assert AdditionFamily(reverse=False).answer(181, 3) == "0181"
     assert AdditionFamily().prompt(58, 123, 3) == "850+321="
+    # pad_carry: operands as wide as the answer, so the carry digit has a column too.
+    assert AdditionFamily(pad_carry=True).prompt(58, 123, 3) == "8500+3210="
+    assert AdditionFamily(pad_carry=True).from_operands(58, 123, 3).answer == "1810"
     steps, answer = AdditionFamily(steps=True, reverse_operands=False).reference(task)
     assert steps == ["8+3+0=11", "5+2+1=8", "0+1+0=1"] and answer == "1810"
 

@@ -136,6 +136,7 @@ class FakeLLM:
         self.requests: list[tuple[str, dict[str, Any], str | None]] = []  # path, body, auth
         self.disagree: set[str] = set()  # questions whose second answer is off by one
         self.failed: set[str] = set()  # parents whose first request got a 500
+        self.models = [MODEL]  # what GET /v1/models lists (the preset's model_name)
 
     def answer(self, prompt: str, seed: int, auth: str | None) -> tuple[int, str]:
         """(HTTP status, the reply text or the error message)."""
@@ -267,6 +268,20 @@ def llm_server(
                 out = {"error": {"message": text, "type": "server_error"}}
             data = json.dumps(out).encode()
             self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # the run's up-front check; not counted as a request
+            found = self.path == "/v1/models"
+            out = (
+                {"object": "list", "data": [{"id": m, "object": "model"} for m in llm.models]}
+                if found
+                else {"error": {"message": "no such route", "type": "server_error"}}
+            )
+            data = json.dumps(out).encode()
+            self.send_response(200 if found else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -781,7 +796,7 @@ def test_llm_evolve_config_errors_name_the_field(tmp_path, capsys):
         assert not out.exists()
 
 
-def test_a_down_endpoint_stops_the_run_with_a_clear_error_and_it_resumes(tmp_path, capsys):
+def test_a_down_endpoint_stops_the_run_before_it_writes_anything(tmp_path, capsys):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
     port = sock.getsockname()[1]
@@ -792,20 +807,23 @@ def test_a_down_endpoint_stops_the_run_with_a_clear_error_and_it_resumes(tmp_pat
         f"creator.llm_evolve.base_url=http://127.0.0.1:{port}/v1",
     ]
     try:
-        assert main(argv) == 1
+        assert main(argv) == 2  # a config error: the field, the URL, what failed
         got = capsys.readouterr()
         assert "Traceback" not in got.err + got.out
         (line,) = [x for x in got.err.splitlines() if x.startswith("error: ")]
-        assert line.startswith("error: creator.llm_evolve: ")
-        assert f"POST http://127.0.0.1:{port}/v1/completions" in line and "refused" in line
-        seed_round = (out / "checkpoints").rglob("*.safetensors")
-        before = {f: f.read_bytes() for f in seed_round}
-        assert before  # round 0 finished before the endpoint was needed
+        assert line.startswith("error: creator.llm_evolve.base_url ")
+        assert f"GET http://127.0.0.1:{port}/v1/models" in line and "refused" in line
+        assert not out.exists()  # found before round 0, not after it
         llm = FakeLLM()
-        with llm_server(llm, sock=sock):  # the endpoint comes up: the same command resumes
+        llm.models = ["someone-else"]
+        with llm_server(llm, sock=sock):  # up, but serving another model: named, nothing run
+            assert main(argv) == 2
+            line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+            assert "does not serve model 'evolver'" in line[0] and "someone-else" in line[0]
+            assert not out.exists() and not llm.requests
+            llm.models = [MODEL]  # the right model: the same command runs
             assert main(argv) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["complete"] and summary["rounds"][1]["llm_evolve"]["accepted"] > 0
-        assert {f: f.read_bytes() for f in before} == before  # round 0 was not redone
     finally:
         sock.close()

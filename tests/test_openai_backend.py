@@ -177,6 +177,21 @@ def test_built_from_a_run_config(served):
         validate({"model": {**data["model"], "max_concurrency": 0}}, "test")
 
 
+def test_the_endpoint_check_lists_the_served_model_and_names_a_missing_one(served):
+    assert OpenAIModel(served.url, NAME).check_endpoint() == [NAME]
+    assert OpenAIModel(served.url, NAME, api="chat").check_endpoint() == [NAME]
+    with pytest.raises(OpenAIBackendError, match=rf"does not serve model 'other'.*{NAME}"):
+        OpenAIModel(served.url, "other").check_endpoint()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        with pytest.raises(OpenAIBackendError, match=rf"GET {url}/models: connection error"):
+            OpenAIModel(url, NAME).check_endpoint()
+    finally:
+        sock.close()
+
+
 def test_a_server_error_names_the_status_and_the_servers_message(served):
     client = OpenAIModel(served.url, "no-such-model", retries=3)
     with pytest.raises(OpenAIBackendError, match=r"HTTP 404: model 'no-such-model' does not") as e:

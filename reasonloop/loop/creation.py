@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from reasonloop.config import RunConfig
+from reasonloop.config import LLMEvolveConfig, RunConfig
 from reasonloop.loop.store import write_records
 from reasonloop.models.base import LanguageModel
 from reasonloop.models.openai import OpenAIBackendError, OpenAIModel
@@ -63,6 +63,17 @@ def self_play_tasks(
     return tasks + filled, rejects, info
 
 
+def evolve_client(c: LLMEvolveConfig) -> OpenAIModel:
+    """The client of `creator.llm_evolve`'s endpoint."""
+    return OpenAIModel(
+        base_url=c.base_url or "",
+        model=c.model_name or "",
+        api_key_env=c.api_key_env,
+        api=c.api,
+        timeout_s=c.timeout_s,
+    )
+
+
 def llm_evolve_stage(
     cfg: RunConfig,
     family: Family,
@@ -74,13 +85,7 @@ def llm_evolve_stage(
     """The round's tasks plus those an LLM endpoint evolved from them (`creator.llm_evolve`);
     parents stay in the round, so every evolved task's parent is a stored record."""
     c = cfg.creator.llm_evolve
-    client = OpenAIModel(
-        base_url=c.base_url or "",
-        model=c.model_name or "",
-        api_key_env=c.api_key_env,
-        api=c.api,
-        timeout_s=c.timeout_s,
-    )
+    client = evolve_client(c)
     settings = Settings(
         model_name=c.model_name or "",
         temperature=c.temperature,

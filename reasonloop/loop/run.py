@@ -45,6 +45,7 @@ from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, trai
 from reasonloop.loop import correction, faults, process_reward
 from reasonloop.loop.cluster import open_rollouts
 from reasonloop.loop.creation import (  # the creator's optional stages (self-play, checks)
+    evolve_client,
     llm_evolve_stage,
     proposer_training,
     reliability_stage,
@@ -79,6 +80,7 @@ from reasonloop.loop.store import (
 )
 from reasonloop.models import build_model, load_model
 from reasonloop.models.base import LanguageModel
+from reasonloop.models.openai import OpenAIBackendError, OpenAIModel
 from reasonloop.models.rollouts import Rollouts
 from reasonloop.postprocess.filter import process
 from reasonloop.postprocess.summarise import SUMMARIES_FILE, summarise_kept, with_summaries
@@ -220,6 +222,24 @@ def _preflight(cfg: RunConfig) -> tuple[Family, list[Task]]:
                 f"model.path {m.path!r}: no *.safetensors weights; reasonloop loads no pickled "
                 "checkpoints (convert with `save_pretrained(..., safe_serialization=True)`)"
             )
+    endpoints = []
+    try:
+        if m.backend == "openai":
+            endpoints.append(("model", OpenAIModel.from_config(m)))
+        if (evo := cfg.creator.llm_evolve).enabled:
+            endpoints.append(("creator.llm_evolve", evolve_client(evo)))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for name, client in endpoints:
+        try:
+            client.check_endpoint()
+        except OpenAIBackendError as e:
+            raise ConfigError(
+                f"{name}.base_url {client.base_url!r}: {e} (is the server up? "
+                "`reasonloop serve RUN_DIR` serves a trained model)"
+            ) from None
+        finally:
+            client.close()
     if m.lora is not None and importlib.util.find_spec("peft") is None:
         raise ConfigError(
             "model.lora needs the `peft` package: pip install 'peft>=0.11' (or reasonloop[hf]), "

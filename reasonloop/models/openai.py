@@ -132,6 +132,7 @@ class OpenAIModel:
         self._host = parts.hostname
         self._port = parts.port
         path = parts.path.rstrip("/")
+        self._base_path = path
         self._path = f"{path}/{'chat/completions' if api == 'chat' else 'completions'}"
         self._url = f"{parts.scheme}://{parts.netloc}{self._path}"
         self._local = threading.local()
@@ -355,6 +356,48 @@ class OpenAIModel:
                 )
             return self._parse(payload, n)
         raise AssertionError("unreachable")
+
+    def check_endpoint(self, timeout_s: float = 10.0) -> list[str]:
+        """`GET /models` once, without retries: the ids the endpoint serves. Raises
+        `OpenAIBackendError` naming the URL when nothing answers, the answer is not a model
+        list, or the list (when not empty) lacks this client's model. A run calls it before it
+        writes anything, so a down endpoint is found at the start, not after round 0."""
+        path = f"{self._base_path}/models"
+        url = f"{self.base_url}/models"
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=min(timeout_s, self.timeout_s))
+        try:
+            conn.request("GET", path, headers=self._headers())
+            resp = conn.getresponse()
+            raw = resp.read()
+        except TimeoutError:
+            raise OpenAIBackendTimeout(f"GET {url}: no answer within {timeout_s:g}s") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise OpenAIBackendError(
+                self._redact(f"GET {url}: connection error: {type(e).__name__}: {e}")
+            ) from None
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = raw[:500].decode("utf-8", "replace")
+        if resp.status != 200:
+            raise OpenAIBackendError(
+                self._redact(f"GET {url} -> HTTP {resp.status}: {_message(payload)}"),
+                status=resp.status,
+            )
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise OpenAIBackendError(
+                f"GET {url}: expected an OpenAI model list, got {payload!r:.200}"
+            )
+        ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if ids and self.model not in ids:
+            raise OpenAIBackendError(
+                f"GET {url}: the endpoint does not serve model {self.model!r}; it serves {ids}"
+            )
+        return ids
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential with equal jitter (half fixed, half random), so that many clients that

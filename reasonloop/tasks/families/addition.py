@@ -9,6 +9,9 @@ whether a small transformer can learn the task and stretch it to longer numbers:
   too, so answer digit i sits at the same offset as operand digits i (`850+321=1810`).
 - `pad` (default True): operands are zero-padded to n digits and the answer to n+1 digits, so
   every task of a level has the same shape (`058+123=1810` with operands in reading order).
+- `pad_carry` (default False): operands zero-padded to n+1 digits, the width of the answer, so
+  that its last (carry) digit too has a column of operand digits (zeros) at its index
+  (`0850+3210=1810`); the end of the answer is then the first index without operand digits.
 - `steps` (default False): the completion first lists one step per column, least significant
   first, `x+y+c=t` (digits x and y, incoming carry c, column total t), then `#` and the answer,
   in the shared compact format of `reasonloop.reasoner.format`.
@@ -55,14 +58,21 @@ class AdditionFamily(Family):
         pad: bool = True,
         steps: bool = False,
         reverse_operands: bool = True,
+        pad_carry: bool = False,
     ) -> None:
-        options = dict(reverse=reverse, pad=pad, steps=steps, reverse_operands=reverse_operands)
+        options = dict(
+            reverse=reverse,
+            pad=pad,
+            steps=steps,
+            reverse_operands=reverse_operands,
+            pad_carry=pad_carry,
+        )
         for key, value in options.items():
             if not isinstance(value, bool):
                 raise TypeError(f"AdditionFamily option {key!r} must be a bool, got {value!r}")
         super().__init__(**options)
         self.reverse, self.pad, self.steps = reverse, pad, steps
-        self.reverse_operands = reverse_operands
+        self.reverse_operands, self.pad_carry = reverse_operands, pad_carry
 
     def make(self, rng: random.Random, level: int) -> Task:
         """Two uniform n-digit operands (0..9 at level 1), drawn from `rng` only."""
@@ -84,8 +94,8 @@ class AdditionFamily(Family):
         return self.task(self.prompt(a, b, level), self.answer(a + b, level), level, params)
 
     def prompt(self, a: int, b: int, level: int) -> str:
-        """`a+b=`, operands zero-padded to `level` digits when `pad`."""
-        width = level if self.pad else 0
+        """`a+b=`, operands zero-padded to `level` digits when `pad` (`level` + 1: `pad_carry`)."""
+        width = level + 1 if self.pad_carry else level if self.pad else 0
         x, y = f"{a:0{width}d}", f"{b:0{width}d}"
         if self.reverse_operands:
             x, y = x[::-1], y[::-1]
