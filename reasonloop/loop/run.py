@@ -1140,7 +1140,10 @@ def _check_seed(
         model.module.load_state_dict(build_model(cfg.model, cfg.seed + attempt).module.state_dict())
         distributed.send_order(("train", 0))  # under torchrun the other ranks train again too
         distributed.broadcast_module(model.module)
-        with bar("round 0 train, again", tcfg.steps, "step") as pb:
+        total = tcfg.steps
+        if total is not None and cfg.tasks.seed_first_levels:
+            total += cfg.tasks.seed_first_steps
+        with bar("round 0 train, again", total, "step") as pb:
             stats = _train(cfg, rd, 0, rnd, by_id, model, tcfg, _step_tick(pb))
         checks.append(evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"])
     if best_state is not None and max(checks[:-1]) > checks[-1]:
