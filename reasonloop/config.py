@@ -197,21 +197,23 @@ class ModelConfig(Section):
                 f"abacus_offset ({self.abacus_offset}) must be below abacus ({self.abacus}): "
                 "shifted indices past abacus are all capped to one embedding"
             )
-        if self.abacus_anchor and (len(self.abacus_anchor) != 1 or self.abacus_anchor.isdigit()):
-            raise ValueError(
-                f"abacus_anchor must be one non-digit character or empty, got {self.abacus_anchor!r}"
-            )
-        from reasonloop.models.tokenizer import CHARS  # here: the models package imports config
+        if self.abacus_anchor:
+            from reasonloop.models.tokenizer import CHARS  # here: the models package imports config
 
-        if self.abacus_anchor and self.abacus_anchor not in CHARS:
-            raise ValueError(
-                f"abacus_anchor {self.abacus_anchor!r} is not in the tiny tokenizer's characters"
-            )
-        if self.abacus_anchor and not self.abacus:
-            raise ValueError(
-                f"abacus_anchor ({self.abacus_anchor!r}) needs abacus > 0: without the embedding "
-                "there is no digit index to anchor"
-            )
+            if len(self.abacus_anchor) != 1 or self.abacus_anchor.isdigit():
+                raise ValueError(
+                    "abacus_anchor must be one non-digit character or empty, "
+                    f"got {self.abacus_anchor!r}"
+                )
+            if self.abacus_anchor not in CHARS:
+                raise ValueError(
+                    f"abacus_anchor {self.abacus_anchor!r} is not in the tiny tokenizer's characters"
+                )
+            if not self.abacus:
+                raise ValueError(
+                    f"abacus_anchor ({self.abacus_anchor!r}) needs abacus > 0: without the "
+                    "embedding there is no digit index to anchor"
+                )
         return self
 
 

@@ -189,13 +189,10 @@ class ModelView:
     def __init__(self, model: LanguageModel) -> None:
         from reasonloop.models.hf import HFModel, HFTokenizer
         from reasonloop.models.tiny import TinyModel
-        from reasonloop.models.tokenizer import CharTokenizer
 
         self.model = model
         self.context: int | None = None
         self.chat_template = False
-        # One token per character: decoded text re-encodes to exactly the generated tokens.
-        self.char_level = isinstance(model.tokenizer, CharTokenizer)
         if isinstance(model, TinyModel):
             self.context = model.config.max_seq_len
         elif isinstance(model, HFModel):

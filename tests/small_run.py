@@ -54,6 +54,18 @@ TINIEST = {
 }
 
 
+def nested(flat: dict) -> dict:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}`: dotted overrides as `--set` takes them, for load_config."""
+    out: dict = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
 def cli_sets(sizes: dict) -> list[str]:
     """`--set FIELD=VALUE` arguments for `reasonloop run`."""
     return [a for k, v in sizes.items() for a in ("--set", f"{k}={v}")]
@@ -85,13 +97,7 @@ def small_run(
     out = tmp_path_factory.getbasetemp() / f"small-{preset}-r{rounds}" / "run"
     if (out / "summary.json").exists():
         return out
-    overrides: dict = {"rounds": rounds, "seed": 3}
-    for dotted, value in (SMALL | (extra or {})).items():
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    overrides = {"rounds": rounds, "seed": 3} | nested(SMALL | (extra or {}))
     summary = run_loop(
         load_config(preset, None, overrides), out, show_progress=False, log=lambda _: None
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from small_run import TINIEST, cli_sets
+from small_run import TINIEST, cli_sets, nested
 
 from reasonloop.cli import main
 from reasonloop.config import ConfigError, ModelConfig, load_config, validate
@@ -678,17 +678,6 @@ def loop_fault(family: str) -> Callable[[str], str | None]:
         return kinds[int(hashlib.sha256(parent.encode()).hexdigest(), 16) % len(kinds)]
 
     return fault
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, v in flat.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = v
-    return out
 
 
 @pytest.fixture(scope="module", params=list(LOOP_FAULTS))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from small_run import nested
 
 from reasonloop.config import ConfigError, ModelConfig, ProposerConfig, load_config
 from reasonloop.loop.creation import self_play_tasks
@@ -296,17 +297,6 @@ SIZES: dict = {
 }
 
 
-def _nested(sizes: dict) -> dict:
-    out: dict = {}
-    for dotted, value in sizes.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return out
-
-
 def _cli(out: Path) -> list[str]:
     sets = [
         a for k, v in SIZES.items() if k not in ("rounds", "seed") for a in ("--set", f"{k}={v}")
@@ -337,7 +327,7 @@ def _records(out: Path) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def self_play_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("self-play") / "run"
-    cfg = load_config("self-play", None, _nested(SIZES))
+    cfg = load_config("self-play", None, nested(SIZES))
     summary = run_loop(cfg, out, show_progress=False, log=lambda _: None)
     assert summary["complete"]
     return out
@@ -451,7 +441,7 @@ def test_self_play_asks_where_the_solver_was_measured_most_learnable(self_play_r
     from the stored traces and verdicts, the adaptive curriculum would pick, and the one above.
     No kept task is trivial (no operation); the trivial proposals are rejected as such."""
     out = self_play_run
-    cfg = load_config("self-play", None, _nested(SIZES))
+    cfg = load_config("self-play", None, nested(SIZES))
     fam = ProgramFamily()
     rounds = {m["round"]: m for m in json.loads((out / "summary.json").read_text())["rounds"]}
     start = cfg.creator.start_level

@@ -27,7 +27,7 @@ from reasonloop.models.tiny import TinyModel
 from reasonloop.types import SFTExample
 
 sys.path.insert(0, str(Path(__file__).parent))
-from small_run import SMALL  # noqa: E402
+from small_run import SMALL, nested  # noqa: E402
 
 try:
     import ray
@@ -51,15 +51,9 @@ def cluster():
 
 def _config(kind: str):
     # Small decode batches and shards, so every phase has several shards for two workers.
-    over: dict = {"rounds": 2, "seed": 3, "heldout_samples": 2}
+    over = {"rounds": 2, "seed": 3, "heldout_samples": 2}
     extra = {"reasoner.batch_size": 8, "cluster.shard_size": 8, "cluster.kind": kind}
-    for dotted, value in (SMALL | extra).items():
-        node = over
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return load_config("easy-to-hard", None, over)
+    return load_config("easy-to-hard", None, over | nested(SMALL | extra))
 
 
 def _same_run(a: Path, b: Path) -> None:

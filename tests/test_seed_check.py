@@ -15,7 +15,7 @@ from reasonloop.loop.store import RunDir, read_records
 from reasonloop.models import load_model
 from reasonloop.tasks.registry import get_family
 from reasonloop.types import Task
-from tests.small_run import SMALL
+from tests.small_run import SMALL, nested
 
 ONE_DIGIT = {
     "tasks.seed_levels": [1],
@@ -25,14 +25,7 @@ ONE_DIGIT = {
 
 
 def _cfg(**extra):
-    overrides: dict = {}
-    for dotted, value in {**SMALL, **extra}.items():
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return load_config("easy-to-hard", None, overrides)
+    return load_config("easy-to-hard", None, nested(SMALL | extra))
 
 
 def test_a_seed_below_the_bar_starts_over_and_the_better_attempt_is_kept(tmp_path):

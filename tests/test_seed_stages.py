@@ -8,19 +8,12 @@ import pytest
 
 from reasonloop.config import ConfigError, load_config
 from reasonloop.loop.run import run as run_loop
-from tests.small_run import SMALL
+from tests.small_run import SMALL, nested
 
 
 def _cfg(**extra):
     """The easy-to-hard preset at the test sizes, with dotted overrides as `--set` takes them."""
-    overrides: dict = {}
-    for dotted, value in {**SMALL, **extra}.items():
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return load_config("easy-to-hard", None, overrides)
+    return load_config("easy-to-hard", None, nested(SMALL | extra))
 
 
 def test_first_stage_trains_the_easy_levels_then_all(tmp_path):

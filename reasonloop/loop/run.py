@@ -780,9 +780,7 @@ def _run_round(
         distributed.send_order(("train", r))
         distributed.broadcast_module(model.module)
         # Epoch-based phases learn their step count from the data (None: a bar without a total).
-        total = tcfg.steps
-        if r == 0 and total is not None and cfg.tasks.seed_first_levels:
-            total += cfg.tasks.seed_first_steps
+        total = _seed_steps(cfg, tcfg) if r == 0 else tcfg.steps
         with bar(f"round {r} train", total, "step") as pb:
             stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
         if r == 0 and cfg.tasks.seed_check:
@@ -1140,10 +1138,7 @@ def _check_seed(
         model.module.load_state_dict(build_model(cfg.model, cfg.seed + attempt).module.state_dict())
         distributed.send_order(("train", 0))  # under torchrun the other ranks train again too
         distributed.broadcast_module(model.module)
-        total = tcfg.steps
-        if total is not None and cfg.tasks.seed_first_levels:
-            total += cfg.tasks.seed_first_steps
-        with bar("round 0 train, again", total, "step") as pb:
+        with bar("round 0 train, again", _seed_steps(cfg, tcfg), "step") as pb:
             stats = _train(cfg, rd, 0, rnd, by_id, model, tcfg, _step_tick(pb))
         checks.append(evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"])
     if best_state is not None and max(checks[:-1]) > checks[-1]:
@@ -1157,6 +1152,13 @@ def _check_seed(
             "from a seed that has not learned its levels"
         )
     return stats | {"seed_checks": checks}
+
+
+def _seed_steps(cfg: RunConfig, tcfg: TrainConfig) -> int | None:
+    """Optimiser steps of one seed attempt (both stages with `tasks.seed_first_levels`)."""
+    if tcfg.steps is None or not cfg.tasks.seed_first_levels:
+        return tcfg.steps
+    return tcfg.steps + cfg.tasks.seed_first_steps
 
 
 def _two_stage_seed(

@@ -309,14 +309,13 @@ class OpenAIModel:
             conn.close()
             conn = None
         if conn is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self._scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(self._host, self._port, timeout=self.timeout_s)
+            conn = self._new_connection(self.timeout_s)
             self._local.conn = conn
         return conn
+
+    def _new_connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=timeout_s)
 
     def _request(self, body: dict[str, Any], n: int) -> list[Completion]:
         data = json.dumps(body).encode()
@@ -364,8 +363,8 @@ class OpenAIModel:
         writes anything, so a down endpoint is found at the start, not after round 0."""
         path = f"{self._base_path}/models"
         url = f"{self.base_url}/models"
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=min(timeout_s, self.timeout_s))
+        timeout_s = min(timeout_s, self.timeout_s)
+        conn = self._new_connection(timeout_s)
         try:
             conn.request("GET", path, headers=self._headers())
             resp = conn.getresponse()
@@ -378,10 +377,7 @@ class OpenAIModel:
             ) from None
         finally:
             conn.close()
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            payload = raw[:500].decode("utf-8", "replace")
+        payload = _payload(raw)
         if resp.status != 200:
             raise OpenAIBackendError(
                 self._redact(f"GET {url} -> HTTP {resp.status}: {_message(payload)}"),
@@ -438,10 +434,7 @@ class OpenAIModel:
             self._drop_connection()
             raise _Retryable(f"connection error: {type(e).__name__}: {e}") from None
         status = resp.status
-        try:
-            payload: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            payload = raw[:500].decode("utf-8", "replace")
+        payload = _payload(raw)
         if status in RETRY_STATUS:
             wait = _retry_after(resp.getheader("Retry-After"))
             raise _Retryable(f"HTTP {status}: {_message(payload)}", status, wait)
@@ -470,6 +463,14 @@ class OpenAIModel:
             ) from None
         counts = _split_tokens(texts, used)
         return [Completion(t, k, stopped=not c) for t, k, c in zip(texts, counts, cut, strict=True)]
+
+
+def _payload(raw: bytes) -> Any:
+    """A response body: its JSON, else the start of its text (for the error message)."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return raw[:500].decode("utf-8", "replace")
 
 
 def _split_tokens(texts: list[str], used: Any) -> list[int]:
