@@ -259,7 +259,7 @@ def test_setsid_daemon_cannot_outlive_the_run() -> None:
 )
 def test_memory_bomb(code: str) -> None:
     # Faulting in 256 MB costs kernel CPU time: with 1 CPU second a loaded machine can hit the CPU
-    # limit first, so this test gives the CPU room and asks only which limit the memory hits.
+    # limit first; with room on the CPU, the memory limit is the one this test reaches.
     r = run(code, Limits(cpu_seconds=5, wall_seconds=10, memory_mb=256, output_bytes=64_000))
     assert r.status == "memory" and "256 MB" in r.message, r
 
