@@ -656,15 +656,43 @@ class ProcessRewardModelConfig(Section):
     """Held-out reference traces given one wrong step, for first-error accuracy (0: none)."""
 
 
+class ForwardBackwardConfig(Section):
+    """`evaluator.kind: forward-backward` (`evaluator/forward_backward.py`, FOBAR): the votes of
+    the k samples are combined with backward checks. For each of a task's most voted answers the
+    family poses questions with one number of the task hidden and the answer given as known; the
+    round's starting model solves them, and an answer's backward rate is the share of solutions
+    that give back the hidden number. Label-free. The questions and their solutions are stored
+    with the round (`backward_tasks.parquet`, `backward_traces.parquet`). Families that pose
+    them: linear_equation, chain_sum (needs subtraction: `negative_from`), reasoning-gym and
+    numeric task files (FOBAR's text template)."""
+
+    alpha: float = Field(0.5, gt=0, le=1)
+    """Weight of the forward vote in FOBAR's P_forward^alpha * P_backward^(1 - alpha); the
+    score held to `min_vote_share` is vote share x hit rate^((1 - alpha) / alpha), the same
+    ranking (0.5, FOBAR's: vote share x hit rate; 1: the plain majority vote)."""
+    candidates: int = Field(2, ge=1)
+    """The most voted answers of each task that are checked backwards."""
+    questions: int = Field(1, ge=1)
+    """Backward questions per checked answer, at most (a family may pose fewer)."""
+    samples: int = Field(4, ge=1)
+    """Solutions sampled per backward question."""
+    temperature: float = Field(0.7, ge=0)
+    """Sampling temperature of the backward solutions (0: one greedy solution each)."""
+
+
 class EvaluatorConfig(Section):
     """How solutions are judged during a round."""
 
-    kind: Literal["gold", "consensus", "generative"] = "gold"
+    kind: Literal["gold", "consensus", "forward-backward", "generative"] = "gold"
     """`gold`: the family's verifier against the gold answer; `consensus`: label-free majority
-    vote over the k samples (the winning answer's vote share is the confidence); `generative`:
-    label-free, the model's own verdicts (needs `generative_verifier.enabled`)."""
+    vote over the k samples (the winning answer's vote share is the confidence);
+    `forward-backward`: label-free, the vote combined with backward checks (`forward_backward`);
+    `generative`: label-free, the model's own verdicts (needs `generative_verifier.enabled`)."""
     min_vote_share: float = Field(0.5, ge=0, le=1)
-    """consensus: keep a task's majority answer only when its share of votes reaches this."""
+    """consensus, forward-backward: keep a task's winning answer only when its share (of the
+    votes; of the combined shares) reaches this."""
+    forward_backward: ForwardBackwardConfig = Field(default_factory=ForwardBackwardConfig)
+    """The backward checks of `kind: forward-backward`."""
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     """A learned outcome reward model trained on the round's verdicts (off by default)."""
     pairwise_reward_model: PairwiseRewardModelConfig = Field(

@@ -52,18 +52,22 @@ def round_judge(
     traces: list[Trace],
     r: int,
 ) -> Judge:
-    """The round's Evaluator for new traces. `gold`: the family's verifier. `consensus`: a
-    correction is right when its answer is its task's consensus answer among the round's
-    sampled traces (the answer the consensus judged right); no consensus, judged wrong."""
-    if cfg.evaluator.kind != "consensus":
+    """The round's Evaluator for new traces. `gold`: the family's verifier. Label-free kinds
+    (consensus, forward-backward, generative): a correction is right when its answer is one its
+    task's sampled traces were judged right with (for a vote, the winning answer); none, judged wrong. No
+    gold answer is read, so a label-free run stays label-free with corrections on."""
+    if cfg.evaluator.kind == "gold":
         return lambda new: judge_gold(family, tasks, new, r)
     right = {j.trace_id for j in judgements if j.level == "outcome" and j.verdict}
-    winner = {t.task_id: t.answer for t in traces if t.id in right and t.answer is not None}
+    winners: dict[str, set[str]] = {}
+    for t in traces:
+        if t.id in right and t.answer is not None:
+            winners.setdefault(t.task_id, set()).add(t.answer)
 
     def judge(new: list[Trace]) -> list[Judgement]:
         out = []
         for t in new:
-            ok = t.answer is not None and winner.get(t.task_id) == t.answer
+            ok = t.answer is not None and t.answer in winners.get(t.task_id, ())
             out.append(Judgement(t.id, CONSENSUS_ID, "outcome", [float(ok)], verdict=ok, round=r))
         return out
 

@@ -38,6 +38,7 @@ from reasonloop.algorithms.value_head import CRITIC_FILE, Critic
 from reasonloop.config import ConfigError, ModelConfig, RunConfig, TrainConfig, validate
 from reasonloop.evaluator.bradley_terry import BT_RM_FILE
 from reasonloop.evaluator.consensus import judge_consensus
+from reasonloop.evaluator.forward_backward import ForwardBackward, judge_forward_backward
 from reasonloop.evaluator.generative_verifier import GenerativeVerifier, judge_generative
 from reasonloop.evaluator.gold import judge_gold
 from reasonloop.evaluator.process_reward_model import PRM_FILE
@@ -204,6 +205,12 @@ def _preflight(cfg: RunConfig) -> tuple[Family, list[Task]]:
         heldout = make_heldout(family, cfg.tasks)
     except (ValueError, OSError, KeyError) as e:
         raise ConfigError(f"tasks.family {cfg.tasks.family!r}: {e}") from e
+    if cfg.evaluator.kind == "forward-backward" and type(family).backward is Family.backward:
+        raise ConfigError(
+            f"evaluator.kind 'forward-backward': family {family.name!r} poses no backward "
+            "questions (Family.backward); families that do: linear_equation, chain_sum, "
+            "reasoning-gym datasets, task files with a numeric or math verifier"
+        )
     if absent := missing(cfg.report_to):
         raise ConfigError(
             f"report_to {absent}: not installed; `pip install {' '.join(PACKAGES[n] for n in absent)}` "
@@ -353,8 +360,12 @@ PHASE_FILES = {
 }
 
 
+BACKWARD_TASKS = "backward_tasks.parquet"
+BACKWARD_TRACES = "backward_traces.parquet"
+
 OPTIONAL_FILES = {
     "propose": ("rejected_tasks.parquet",),
+    "solve": (BACKWARD_TASKS, BACKWARD_TRACES),
     "process": (
         "corrections.parquet",
         "correction_judgements.parquet",
@@ -604,6 +615,7 @@ def _run_round(
     if "solve" not in phases:
         t0 = time.perf_counter()
         gen_tokens = 0
+        solve_info: dict[str, Any] = {}
         if r == 0:
             traces = reference_traces(family, rnd.tasks, r)
             judgements = judge_gold(family, by_id, traces, r)
@@ -626,6 +638,13 @@ def _run_round(
                 gen_tokens += sum(t.n_tokens for t in traces)
             if cfg.evaluator.kind == "consensus":
                 judgements = judge_consensus(traces, r, cfg.evaluator.min_vote_share)
+            elif cfg.evaluator.kind == "forward-backward":
+                fb = _forward_backward(cfg, gen, family, by_id, traces, seed, r, bar)
+                judgements = fb.judgements
+                gen_tokens += sum(t.n_tokens for t in fb.solutions)
+                write_records(d / BACKWARD_TASKS, fb.questions, Task)
+                write_records(d / BACKWARD_TRACES, fb.solutions, Trace)
+                solve_info["forward_backward"] = fb.info
             elif cfg.evaluator.kind == "generative":
                 # Self-rewarding: the model that sampled the round judges it; no gold is read.
                 gv = cfg.evaluator.generative_verifier
@@ -657,7 +676,7 @@ def _run_round(
         write_records(d / "judgements.parquet", judgements, Judgement)
         rnd.traces, rnd.judgements = traces, judgements
         secs = time.perf_counter() - t0
-        _mark(rd, manifest, r, "solve", {"seconds": secs, "tokens": gen_tokens})
+        _mark(rd, manifest, r, "solve", {"seconds": secs, "tokens": gen_tokens} | solve_info)
 
     # -- post-process and build the training set ------------------------------------------------
     if "process" not in phases:
@@ -952,6 +971,43 @@ def _evolve_and_dedup(
     if c.evolve_share > 0:  # counted after dedup: what the round trains on
         info["evolved"] = dict(Counter(t.made_by for t in tasks if t.made_by.startswith("evolve:")))
     return tasks, info
+
+
+def _forward_backward(
+    cfg: RunConfig,
+    gen: Rollouts,
+    family: Family,
+    tasks: dict[str, Task],
+    traces: list[Trace],
+    seed: int,
+    r: int,
+    bar: Bar,
+) -> ForwardBackward:
+    """The round's FOBAR judgements: the sampling model solves the backward questions of the
+    most voted answers (`evaluator/forward_backward.py`)."""
+    fb = cfg.evaluator.forward_backward
+    rc = cfg.reasoner.model_copy(
+        update={"samples": fb.samples, "temperature": fb.temperature, "greedy_sample": False}
+    )
+
+    def solve_backward(questions: list[Task]) -> list[Trace]:
+        with bar(f"round {r} backward", len(questions), "question") as pb:
+            return solve(
+                gen, family, questions, rc, seed + 10, f"reasoner:r{r - 1}", r, progress=_tick(pb)
+            )
+
+    return judge_forward_backward(
+        tasks,
+        traces,
+        family.backward,
+        solve_backward,
+        r,
+        cfg.evaluator.min_vote_share,
+        fb.alpha,
+        fb.candidates,
+        fb.questions,
+        max_prompt_chars=2 * max((len(t.prompt) for t in tasks.values()), default=0) + 16,
+    )
 
 
 def _tick(pb: tqdm):

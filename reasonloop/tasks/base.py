@@ -52,6 +52,39 @@ class Family(ABC):
         """The completion text of a solution (inverse of `parse`)."""
         return step_format.render(steps, answer)
 
+    def backward(self, task: Task, answer: str) -> list[Task]:
+        """Backward questions (FOBAR, `evaluator/forward_backward.py`) that check a candidate
+        `answer` to `task` without its gold answer: the question with one of its numbers hidden
+        and `answer` given as known, posed in this family's own format. Each question's `answer`
+        is the hidden number, which a solver recovers only if `answer` agrees with the question.
+        Empty when this family cannot pose one for `answer` (the default: none at all)."""
+        return []
+
+    def backward_task(
+        self,
+        task: Task,
+        prompt: str,
+        hidden: str,
+        candidate: str,
+        which: str,
+        params: dict[str, Any] | None = None,
+    ) -> Task:
+        """One backward question of `task`, with its lineage: parent `task`, and in `params` the
+        candidate it tests and which number it hides, beside the question's own `params` (so
+        the family can solve and check it like any of its tasks)."""
+        return Task(
+            id=stable_id(self.name, "backward", task.id, candidate, which),
+            family=self.name,
+            prompt=prompt,
+            answer=hidden,
+            difficulty=task.difficulty,
+            params={**(params or {}), "candidate": candidate, "hidden": which},
+            parents=[task.id],
+            made_by=f"{self.name}@backward",
+            round=task.round,
+            split=task.split,
+        )
+
     def task(self, prompt: str, answer: str, level: int, params: dict[str, Any]) -> Task:
         """Build a Task with a content id, so the same task has the same id everywhere."""
         return Task(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reasonloop.evaluator import verifiers
+from reasonloop.evaluator.forward_backward import text_questions
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task, stable_id
 
@@ -123,6 +124,16 @@ class FileFamily(Family):
 
     def verify(self, task: Task, answer: str | None) -> float:
         return float(self._verifier(answer, task.answer))
+
+    def backward(self, task: Task, answer: str) -> list[Task]:
+        """FOBAR's template questions (`evaluator/forward_backward.py`) for a numeric answer,
+        when the file's answers are numbers (`numeric` or `math` verifier)."""
+        if self.options["verifier"] == "exact":
+            return []
+        return [
+            self.backward_task(task, q, hidden, answer.strip(), str(i))
+            for i, (q, hidden) in enumerate(text_questions(task.prompt, answer))
+        ]
 
 
 def _jsonl_rows(path: Path):

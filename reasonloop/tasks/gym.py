@@ -47,6 +47,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
+from reasonloop.evaluator.forward_backward import text_questions
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
@@ -190,6 +191,14 @@ class GymFamily(Family):
         except Exception:  # model output is untrusted; a scorer that chokes on it means wrong
             return 0.0
         return min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
+
+    def backward(self, task: Task, answer: str) -> list[Task]:
+        """FOBAR's template questions (`evaluator/forward_backward.py`) for a numeric answer:
+        a number of the question becomes X, to be found from the answer."""
+        return [
+            self.backward_task(task, q, hidden, answer.strip(), str(i))
+            for i, (q, hidden) in enumerate(text_questions(task.prompt, answer))
+        ]
 
 
 def _scoring_entry(task: Task) -> dict[str, Any]:

@@ -14,7 +14,13 @@ import random
 import re
 from typing import Any, ClassVar
 
-from reasonloop.tasks.families.compact import CompactFamily, is_int, readable_step, signed
+from reasonloop.tasks.families.compact import (
+    CompactFamily,
+    is_int,
+    read_int,
+    readable_step,
+    signed,
+)
 from reasonloop.types import Task
 
 _STEP = re.compile(r"(-?[0-9]{1,18})([+-])([0-9]{1,18})=(-?[0-9]{1,19})", re.ASCII)
@@ -68,6 +74,28 @@ class ChainSumFamily(CompactFamily):
             steps.append(f"{total}{signed(t)}={total + t}")
             total += t
         return steps, str(total)
+
+    def backward(self, task: Task, answer: str) -> list[Task]:
+        """Hide the last term, then the first, and give the candidate total T: `T-t1-...-t(k-1)=`
+        is a chained sum (with subtractions, so the model must have learnt them: `negative_from`)
+        whose total is the hidden term exactly when T is the task's total."""
+        total = read_int(answer)
+        if total is None:
+            return []
+        terms = self.param(
+            task,
+            "terms",
+            "a list of >= 2 ints",
+            lambda v: isinstance(v, list) and len(v) >= 2 and all(map(is_int, v)),
+        )
+        out = []
+        for which, i in (("last", len(terms) - 1), ("first", 0)):
+            rest = [-t for j, t in enumerate(terms) if j != i]
+            q = self.from_terms([total, *rest])
+            out.append(
+                self.backward_task(task, q.prompt, str(terms[i]), answer.strip(), which, q.params)
+            )
+        return out
 
     def check_step(self, task: Task, step: Any) -> bool | None:
         """Is `a+b=c` (or `a-b=c`) arithmetically right? None if it is not of that form."""

@@ -25,7 +25,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from reasonloop.tasks.families.compact import CompactFamily, is_int, readable_step, signed
+from reasonloop.tasks.families.compact import (
+    CompactFamily,
+    is_int,
+    read_int,
+    readable_step,
+    signed,
+)
 from reasonloop.types import Task
 
 _TERM = re.compile(r"([+-]?)([0-9]{0,12})(x?)", re.ASCII)
@@ -125,6 +131,24 @@ class LinearEquationFamily(CompactFamily):
             a, d = 1, d // a
             steps.append(f"x={d}")
         return steps or [f"x={d}"], str(d)
+
+    def backward(self, task: Task, answer: str) -> list[Task]:
+        """Hide `a` and give the candidate x*: `x*y+b=cx*+d`, an equation in the same format
+        whose solution is `a` exactly when x* solves the task (a != c). With x* = 0 it hides
+        `b` instead (`y=d`, which is `b` only when x = 0). Nothing when x* is not an integer or
+        the equation in y has no integer solution (then no integer `a` fits x* either). With
+        x on both sides, `cx*+d` is written out as one number: the format has no products."""
+        x = read_int(answer)
+        if x is None:
+            return []
+        a, b, c, d = self._coefficients(task)
+        if x == 0:
+            which, hidden, q = "b", b, self.from_coefficients(1, 0, 0, d)
+        elif (c * x + d - b) % x:
+            return []
+        else:
+            which, hidden, q = "a", a, self.from_coefficients(x, b, 0, c * x + d)
+        return [self.backward_task(task, q.prompt, str(hidden), answer.strip(), which, q.params)]
 
     def check_step(self, task: Task, step: Any) -> bool | None:
         """Does the task's solution satisfy the equation `step` (two linear sides in x)?
