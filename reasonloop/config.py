@@ -540,6 +540,12 @@ class ReasonerConfig(Section):
     Off: the answer is parsed from the cut text as it stands. Measured on the default run's
     seed at 6 digits: nearly every greedy answer had its 7 digits right, but 65% did not stop
     there, and the cut tails agreed across samples, so the vote kept them (docs/easy-to-hard.md)."""
+    cut_at_answer_length: bool = False
+    """A sample that did not stop is cut where its answer must end, when the prompt fixes the
+    answer's length (`Family.answer_length`: padded addition, n-digit operands -> n+1 answer
+    digits), and the cut text, with its stop, is the trace; `decoding.truncated` is true. Read
+    from the prompt only, so label-free; applies to a round's samples, not to the held-out
+    measure. Otherwise (or where the prompt fixes no length) `cut_has_no_answer` decides."""
     search: SearchConfig = Field(default_factory=SearchConfig)
     """Inference-time search measured on the held-out set (off by default: `method: sample`)."""
 

@@ -54,20 +54,26 @@ def solve(
             per_task[i].extend((c, how) for c in comps)
     traces = []
     for task, comps in zip(tasks, per_task, strict=True):
+        length = family.answer_length(task) if cfg.cut_at_answer_length else None
         for j, (c, how) in enumerate(comps):
-            steps, answer = family.parse(c.text)
+            text = c.text
+            steps, answer = family.parse(text)
             decoding = {**how, "sample": j}
             if hint:
                 decoding["hint"] = True
             if not c.stopped:
                 decoding["cut"] = True
-                if cfg.cut_has_no_answer:
+                head = _at_length(family, text, length)
+                if head is not None:
+                    text, (steps, answer) = head, family.parse(head)
+                    decoding["truncated"] = True
+                elif cfg.cut_has_no_answer:
                     answer = None
             traces.append(
                 Trace(
                     id=stable_id(task.id, producer, rnd, j, hint),
                     task_id=task.id,
-                    text=c.text,
+                    text=text,
                     steps=steps,
                     answer=answer,
                     producer=producer,
@@ -97,3 +103,13 @@ def reference_traces(family: Family, tasks: list[Task], rnd: int) -> list[Trace]
             )
         )
     return out
+
+
+def _at_length(family: Family, text: str, length: int | None) -> str | None:
+    """`text` cut where an answer of `length` characters ends, with the stop a finished sample
+    writes, when its first `length` characters are such an answer; else None."""
+    if length is None or len(text) < length:
+        return None
+    head = text[:length] + "\n"
+    _, answer = family.parse(head)
+    return head if answer is not None and len(answer) == length else None

@@ -52,6 +52,11 @@ class Family(ABC):
         """The completion text of a solution (inverse of `parse`)."""
         return step_format.render(steps, answer)
 
+    def answer_length(self, task: Task) -> int | None:
+        """The number of characters the completion's answer must have, when the prompt alone
+        fixes it (a format with padded operands), else None (the default)."""
+        return None
+
     def backward(self, task: Task, answer: str) -> list[Task]:
         """Backward questions (FOBAR, `evaluator/forward_backward.py`) that check a candidate
         `answer` to `task` without its gold answer: the question with one of its numbers hidden

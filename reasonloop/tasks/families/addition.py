@@ -33,6 +33,7 @@ from reasonloop.types import Task
 
 MAX_LEVEL = 20
 _STEP = re.compile(r"^(\d)\+(\d)\+([01])=(\d{1,2})$")
+_PROMPT = re.compile(r"(\d{1,40})\+(\d{1,40})=", re.ASCII)
 
 
 def _columns(a: int, b: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -105,6 +106,17 @@ class AdditionFamily(Family):
         """The sum in this family's format (padded to level + 1 digits, reversed)."""
         text = f"{total:0{level + 1}d}" if self.pad else str(total)
         return text[::-1] if self.reverse else text
+
+    def answer_length(self, task: Task) -> int | None:
+        """Answer-only and padded: one digit more than the operands' (`pad`) width, read off
+        the prompt (`0850+3210=`: 4 with `pad_carry`). None for other formats."""
+        if self.steps or not self.pad:
+            return None
+        m = _PROMPT.fullmatch(task.prompt) if isinstance(task.prompt, str) else None
+        if m is None or len(m.group(1)) != len(m.group(2)):
+            return None
+        width = len(m.group(1))
+        return width if self.pad_carry else width + 1
 
     def reference(self, task: Task) -> tuple[list[str], str]:
         """One `x+y+c=t` step per column (when `steps`), then the answer."""
