@@ -5,7 +5,6 @@ a real loop run with the tiny model whose questions, solutions and resume are ch
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from dataclasses import replace
