@@ -537,7 +537,9 @@ class ReasonerConfig(Section):
     cut_has_no_answer: bool = True
     """A sample that ran out of `max_new_tokens` before it stopped is unfinished: its trace gets
     no final answer (it does not vote and is never judged right) and `decoding.cut` is true.
-    Off: the answer is parsed from the cut text as it stands. Measured on the default run's
+    The held-out measure reads answers the same way (a cut greedy answer is wrong, a cut
+    sample has no vote in maj@k). Off: the answer is parsed from the cut text as it stands.
+    Measured on the default run's
     seed at 6 digits: nearly every greedy answer had its 7 digits right, but 65% did not stop
     there, and the cut tails agreed across samples, so the vote kept them (docs/easy-to-hard.md)."""
     cut_at_answer_length: bool = False

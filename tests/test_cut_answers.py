@@ -7,6 +7,7 @@ import random
 
 from reasonloop.algorithms.sft import train_sft
 from reasonloop.config import ModelConfig, ReasonerConfig, TrainConfig
+from reasonloop.loop.heldout import evaluate
 from reasonloop.models.base import Sampling
 from reasonloop.models.tiny import TinyModel
 from reasonloop.reasoner.solve import solve
@@ -87,3 +88,19 @@ def test_samples_that_do_not_stop_are_cut_at_the_answer_length():
     truncated = [t for t in fixed if t.decoding.get("truncated")]
     assert len(truncated) > len(cut) // 2
     assert all(t.decoding["cut"] for t in truncated)
+
+
+def test_heldout_reads_cut_samples_as_the_rounds_do():
+    family = get_family("addition")
+    rng = random.Random(3)
+    tasks = [family.make(rng, 2) for _ in range(24)]
+    model = TinyModel.create(ModelConfig(dim=48, n_layers=2, n_heads=2, threads=1), 0)
+    examples = [SFTExample(t.prompt, family.completion(t)) for t in tasks]
+    train_sft(model, examples, TrainConfig(lr=3e-3, steps=300, batch_size=24, warmup_steps=5), 0)
+    # A budget of exactly the answer's 3 digits: no room for the stop, so every sample is cut
+    # just after a complete-looking answer.
+    loose = evaluate(model, family, tasks, 3, samples=4, seed=1)
+    strict = evaluate(model, family, tasks, 3, samples=4, seed=1, cut_has_no_answer=True)
+    assert loose["maj@4"] > 0.2  # the memorised sums, read off texts that never finished
+    assert loose["pass@1"] > 0.2
+    assert strict["pass@1"] == strict["maj@4"] == strict["pass@4"] == 0.0

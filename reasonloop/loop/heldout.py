@@ -62,12 +62,14 @@ def evaluate(
     scorer: Scorer | None = None,
     scorer_name: str = "orm",
     scorers: dict[str, Scorer] | None = None,
+    cut_has_no_answer: bool = False,
 ) -> dict:
     """Held-out metrics of `model`, generating in this process, or over workers when given
     `Rollouts` (the same figures either way). With `scorer` and `samples` > 0, also bon@k,
     weighted_maj@k and `calibration: {scorer_name: {auroc, ece, n, positives}}`. Each of the
     further `scorers` adds only its own `calibration: {name: {auroc, ece, n, positives,
-    bon@k}}`, on the same samples."""
+    bon@k}}`, on the same samples. With `cut_has_no_answer`, a completion cut by the token
+    budget has no answer (wrong at pass@1, no vote in maj@k), as in the rounds."""
     gen = as_rollouts(model)
     prompts = [t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
@@ -81,7 +83,9 @@ def evaluate(
     tokens = 0
     for t, comps in zip(tasks, gen.generate(prompts, 1, greedy, batch_size), strict=True):
         tokens += comps[0].n_tokens
-        p1[t.difficulty].append(family.verify(t, family.parse(comps[0].text)[1]) == 1.0)
+        c = comps[0]
+        answer = None if cut_has_no_answer and not c.stopped else family.parse(c.text)[1]
+        p1[t.difficulty].append(family.verify(t, answer) == 1.0)
     if samples > 0:
         s = Sampling(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
         sampled = gen.generate(prompts, samples, s, batch_size)
@@ -94,7 +98,11 @@ def evaluate(
         at = 0
         for t, comps in zip(tasks, sampled, strict=True):
             tokens += sum(c.n_tokens for c in comps)
-            answers = [family.parse(c.text)[1] for c in comps]
+            # As in a round's vote: a sample cut by the budget votes for nobody.
+            answers = [
+                None if cut_has_no_answer and not c.stopped else family.parse(c.text)[1]
+                for c in comps
+            ]
             oks = [family.verify(t, a) == 1.0 for a in answers]
             winner, _ = majority_vote(answers)
             majk[t.difficulty].append(family.verify(t, winner) == 1.0)

@@ -864,6 +864,7 @@ def _run_round(
             cfg.reasoner.batch_size,
             scorer=orm_eval.score if orm_eval is not None else None,
             scorers=eval_scorers(cfg, model, rd.checkpoint(r)),
+            cut_has_no_answer=cfg.reasoner.cut_has_no_answer,
         )
         prm_path = rd.checkpoint(r) / PRM_FILE
         if cfg.evaluator.process_reward_model.enabled and prm_path.exists():
