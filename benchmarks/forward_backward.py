@@ -3,11 +3,11 @@
     python benchmarks/forward_backward.py [--seeds 0] [--rounds 2] [--out runs/forward-backward]
                                           [--threads N]
 
-Linear equations, the tiny model seeded on gold levels 1-2 (one equation a side), then
-label-free easy-to-hard rounds at the level past the frontier: each round the Reasoner samples
-5 solutions per task, the judge keeps the labels it trusts and the model trains on the union of
-its own labels. Both judges start from the same seed round (the first judge's round 0 is
-copied), so what differs is only which labels each keeps. Per round: labels kept, their
+Linear equations, the tiny model seeded on gold levels 1-3 (one equation a side), then
+label-free easy-to-hard rounds on levels 3-4 (level 4 puts x on both sides): each round the
+Reasoner samples 5 solutions per task, the judge keeps the labels it trusts and the model trains
+on the union of its own labels. Both judges start from the same seed round (the first judge's
+round 0 is copied), so what differs is only which labels each keeps. Per round: labels kept, their
 precision against gold (gold only measures), the backward checks asked, the solve+judge phase's
 seconds and held-out pass@1 beyond the seed. Runs resume: the same command again only runs what
 is missing.
@@ -41,14 +41,14 @@ COMMON = {
     "tasks": {
         "family": "linear_equation",
         "options": {},
-        "seed_levels": [1, 2],
+        "seed_levels": [1, 2, 3],
         "seed_examples": 10000,
         "seed_check": 0,
         "seed_restarts": 0,
         "heldout_levels": [1, 2, 3, 4, 5],
         "heldout_per_level": 100,
     },
-    "creator": {"per_round": 600, "levels_ahead": 1, "mastery": 0.5, "step": 1},
+    "creator": {"per_round": 600, "start_level": 3, "levels_ahead": 2, "mastery": 0.5, "step": 1},
     "reasoner": {"samples": 5, "temperature": 0.7, "max_new_tokens": 24},
     "postprocess": {"max_chars": 40},
     "evaluator": {"min_vote_share": 0.6},

@@ -72,6 +72,7 @@ def test_linear_equation_backward_questions(level):
         assert q.params["candidate"] == task.answer
         assert q.params["hidden"] in {"a", "b"}
         assert q.prompt.endswith(":") and "*" not in q.prompt  # the family's own format
+        assert not q.prompt.startswith("-")  # a positive coefficient, as every level draws
         assert _solution(family, q) == q.answer  # the right answer gives back the hidden number
         for wrong in {x - 1, x + 1, x + 7, -x} - {x}:
             for w in family.backward(task, str(wrong)):
@@ -93,6 +94,8 @@ def test_linear_equation_backward_hides_the_coefficient():
     (z,) = family.backward(task, "0")  # 0x: b is hidden instead, y = d
     assert (z.prompt, z.answer, z.params["hidden"]) == ("x=19:", "4", "b")
     assert family.backward(task, "2") == []  # 2y+4=19 has no integer solution
+    (n,) = family.backward(task, "-5")  # -5y+4=19 is written 5y-4=-19
+    assert (n.prompt, n.answer) == ("5x-4=-19:", "3")
 
 
 @pytest.mark.parametrize("negative_from", [None, 2])

@@ -133,8 +133,9 @@ class LinearEquationFamily(CompactFamily):
         return steps or [f"x={d}"], str(d)
 
     def backward(self, task: Task, answer: str) -> list[Task]:
-        """Hide `a` and give the candidate x*: `x*y+b=cx*+d`, an equation in the same format
-        whose solution is `a` exactly when x* solves the task (a != c). With x* = 0 it hides
+        """Hide `a` and give the candidate x*: `x*y+b=cx*+d` (both sides negated when x* < 0),
+        an equation in the same format whose solution is `a` exactly when x* solves the task
+        (a != c). With x* = 0 it hides
         `b` instead (`y=d`, which is `b` only when x = 0). Nothing when x* is not an integer or
         the equation in y has no integer solution (then no integer `a` fits x* either). With
         x on both sides, `cx*+d` is written out as one number: the format has no products."""
@@ -147,7 +148,11 @@ class LinearEquationFamily(CompactFamily):
         elif (c * x + d - b) % x:
             return []
         else:
-            which, hidden, q = "a", a, self.from_coefficients(x, b, 0, c * x + d)
+            # A negative x* would make a negative coefficient, which no level draws: both
+            # sides are negated instead (the same equation, in the form the model has seen).
+            sign = 1 if x > 0 else -1
+            q = self.from_coefficients(sign * x, sign * b, 0, sign * (c * x + d))
+            which, hidden = "a", a
         return [self.backward_task(task, q.prompt, str(hidden), answer.strip(), which, q.params)]
 
     def check_step(self, task: Task, step: Any) -> bool | None:
