@@ -54,8 +54,8 @@ def round_judge(
 ) -> Judge:
     """The round's Evaluator for new traces. `gold`: the family's verifier. Label-free kinds
     (consensus, forward-backward, generative): a correction is right when its answer is one its
-    task's sampled traces were judged right with (for a vote, the winning answer); none, judged wrong. No
-    gold answer is read, so a label-free run stays label-free with corrections on."""
+    task's sampled traces were judged right with (for a vote, the winning answer); none, judged
+    wrong. No gold answer is read, so a label-free run stays label-free with corrections on."""
     if cfg.evaluator.kind == "gold":
         return lambda new: judge_gold(family, tasks, new, r)
     right = {j.trace_id for j in judgements if j.level == "outcome" and j.verdict}
