@@ -45,6 +45,7 @@ from reasonloop.tasks.llm_evolve import (
     check_question,
     evolve_prompt,
     evolve_tasks,
+    evolved_params,
     normalise,
     read_field,
 )
@@ -445,7 +446,11 @@ def test_evolved_gym_tasks_carry_lineage_and_their_answers_verify(gym):
         parent = by_id[pid]
         assert t.round == 3 and t.family == gym.name and t.id not in by_id
         assert t.params["verified_by"] == "llm-agreement" and t.params["evolved_with"] == op
-        assert t.params["metadata"] == parent.params["metadata"] and "index" not in t.params
+        assert "index" not in t.params
+        if op == "rephrase":  # the parent's question, reworded: its dataset metadata still holds
+            assert t.params["metadata"] == parent.params["metadata"] and "scoring" not in t.params
+        else:  # a new question: scored against its own verified answer
+            assert "metadata" not in t.params and t.params["scoring"] == "answer"
         gold = rederive(t.prompt)
         assert gold is not None and t.answer == gold
         assert gym.verify(t, gold) == 1.0 and gym.verify(t, str(int(gold) + 1)) == 0.0
@@ -460,6 +465,33 @@ def test_evolved_gym_tasks_carry_lineage_and_their_answers_verify(gym):
     assert sum(p.startswith("You rewrite tasks.") for p in sent) == 40
     assert sum(p.startswith("Solve the task.") for p in sent) == 40
     assert all(body["model"] == MODEL for _, body, _ in llm.requests)
+
+
+def test_a_harder_countdown_task_is_scored_by_its_own_answer_not_its_parents_metadata():
+    """countdown's scorer checks an expression against the numbers and target of the entry's
+    metadata; an evolved question has other numbers, so the parent's metadata would refuse its
+    right answer and could accept the parent's."""
+    family = get_family("gym:countdown")
+    parent = family.make(random.Random(0), 0)
+    question = "Calculate 24 using all of these numbers: 2, 3, 4, 1. Each number at most once."
+    answer = "2*3*4*1"
+    stale = dataclasses.replace(
+        parent, prompt=question, answer=answer, params=dict(parent.params) | {"index": -1}
+    )
+    assert family.verify(stale, answer) < 1.0  # what keeping the parent's metadata did
+    assert family.verify(stale, parent.answer) == 1.0
+    for op in ("deepen", "backward"):
+        evolved = dataclasses.replace(
+            parent, prompt=question, answer=answer, params=evolved_params(parent, op)
+        )
+        assert family.verify(evolved, answer) == 1.0
+        assert family.verify(evolved, " 2*3*4*1 ") == 1.0
+        assert family.verify(evolved, parent.answer) == 0.0
+        assert family.verify(evolved, None) == 0.0
+    numeric = dataclasses.replace(evolved, answer="1/2")
+    assert family.verify(numeric, "0.5") == 1.0 and family.verify(numeric, "0.51") == 0.0
+    same = evolved_params(parent, "rephrase")
+    assert same["metadata"] == parent.params["metadata"] and "scoring" not in same
 
 
 # What each faulty reply must be rejected as; `flaky` (one HTTP 500) must still be accepted.

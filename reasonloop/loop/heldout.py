@@ -16,7 +16,7 @@ from dataclasses import replace
 from reasonloop.config import TasksConfig
 from reasonloop.evaluator.calibration import auroc, ece
 from reasonloop.evaluator.consensus import majority_vote
-from reasonloop.models.base import LanguageModel, Sampling
+from reasonloop.models.base import Completion, LanguageModel, Sampling
 from reasonloop.models.rollouts import Rollouts, as_rollouts
 from reasonloop.reasoner.search import Scorer, best_of_n, weighted_majority_vote
 from reasonloop.tasks.base import Family
@@ -71,6 +71,10 @@ def evaluate(
     bon@k}}`, on the same samples. With `cut_has_no_answer`, a completion cut by the token
     budget has no answer (wrong at pass@1, no vote in maj@k), as in the rounds."""
     gen = as_rollouts(model)
+
+    def read(c: Completion) -> str | None:  # as in a round: a cut sample has no answer
+        return None if cut_has_no_answer and not c.stopped else family.parse(c.text)[1]
+
     prompts = [t.prompt for t in tasks]
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
     p1: dict[int, list[bool]] = defaultdict(list)
@@ -83,9 +87,7 @@ def evaluate(
     tokens = 0
     for t, comps in zip(tasks, gen.generate(prompts, 1, greedy, batch_size), strict=True):
         tokens += comps[0].n_tokens
-        c = comps[0]
-        answer = None if cut_has_no_answer and not c.stopped else family.parse(c.text)[1]
-        p1[t.difficulty].append(family.verify(t, answer) == 1.0)
+        p1[t.difficulty].append(family.verify(t, read(comps[0])) == 1.0)
     if samples > 0:
         s = Sampling(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
         sampled = gen.generate(prompts, samples, s, batch_size)
@@ -98,11 +100,7 @@ def evaluate(
         at = 0
         for t, comps in zip(tasks, sampled, strict=True):
             tokens += sum(c.n_tokens for c in comps)
-            # As in a round's vote: a sample cut by the budget votes for nobody.
-            answers = [
-                None if cut_has_no_answer and not c.stopped else family.parse(c.text)[1]
-                for c in comps
-            ]
+            answers = [read(c) for c in comps]
             oks = [family.verify(t, a) == 1.0 for a in answers]
             winner, _ = majority_vote(answers)
             majk[t.difficulty].append(family.verify(t, winner) == 1.0)

@@ -47,7 +47,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-from reasonloop.evaluator.forward_backward import text_questions
+from reasonloop.evaluator import verifiers
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
@@ -175,10 +175,16 @@ class GymFamily(Family):
         return [], task.answer
 
     def verify(self, task: Task, answer: str | None) -> float:
-        """The dataset's own `score_answer`, raw (partial credit included), clamped to [0, 1]."""
+        """The dataset's own `score_answer`, raw (partial credit included), clamped to [0, 1].
+
+        A task with `params["scoring"] == "answer"` (an LLM-evolved question with a new answer,
+        `llm_evolve.evolved_params`) has no dataset entry of its own: it scores 1.0 when the
+        answer equals its gold answer as text or as a number."""
         if answer is None:
             return 0.0
         p = task.params
+        if p.get("scoring") == "answer":
+            return max(verifiers.exact(answer, task.answer), verifiers.numeric(answer, task.answer))
         if not all(k in p for k in ("dataset", "config", "metadata")):
             raise ValueError(
                 f"{self.name}: task {task.id} lacks params 'dataset', 'config' and 'metadata' "
@@ -195,10 +201,7 @@ class GymFamily(Family):
     def backward(self, task: Task, answer: str) -> list[Task]:
         """FOBAR's template questions (`evaluator/forward_backward.py`) for a numeric answer:
         a number of the question becomes X, to be found from the answer."""
-        return [
-            self.backward_task(task, q, hidden, answer.strip(), str(i))
-            for i, (q, hidden) in enumerate(text_questions(task.prompt, answer))
-        ]
+        return self.template_backward(task, answer)
 
 
 def _scoring_entry(task: Task) -> dict[str, Any]:

@@ -252,8 +252,7 @@ def evolve_tasks(
                 rejects.append(_reject(parent, op, made_by, rnd, question, "disagree"))
                 continue
             gold = parent.answer if OPERATORS[op].kind == "same" else answer
-            params = {k: v for k, v in parent.params.items() if k != "index"}
-            params |= {"verified_by": "llm-agreement", "evolved_with": op}
+            params = evolved_params(parent, op)
             bump = 1 if OPERATORS[op].kind == "harder" else 0
             accepted.append(
                 _task(parent, question, gold, parent.difficulty + bump, params, made_by, rnd)
@@ -326,6 +325,20 @@ def _answer_rule(op: str, parent: Task, question: str, answer: str) -> str | Non
         if normalise(parent.answer) not in question.lower():
             return "backward_mismatch"
     return None
+
+
+def evolved_params(parent: Task, op: str) -> dict[str, Any]:
+    """An evolved text task's params: the parent's, less its dataset index, plus how it was
+    verified. A question with a new answer (every operator but `rephrase`) no longer matches the
+    parent's reasoning-gym metadata (countdown's scorer reads its numbers and target from there),
+    so its metadata is dropped and it is scored against its own verified answer
+    (`scoring: answer`, read by `GymFamily.verify`); a rephrase asks the parent's question, so
+    the parent's metadata still scores it."""
+    params = {k: v for k, v in parent.params.items() if k != "index"}
+    if OPERATORS[op].kind != "same" and "metadata" in params:
+        del params["metadata"]
+        params["scoring"] = "answer"
+    return params | {"verified_by": "llm-agreement", "evolved_with": op}
 
 
 def _task(
