@@ -110,12 +110,14 @@ def judge_forward_backward(
     posed: list[Task] = []
     asked_for: dict[str, tuple[str, str]] = {}  # question id -> (task id, candidate)
     votes: dict[str, Counter[str]] = {}
+    ranked: dict[str, list[tuple[str, int]]] = {}
     for task_id, group in by_task.items():
         votes[task_id] = Counter(t.answer for t in group if t.answer is not None)
+        ranked[task_id] = _ranked(votes[task_id], group)
         task = tasks.get(task_id)
         if task is None:
             continue
-        for answer, _ in _ranked(votes[task_id], group)[:candidates]:
+        for answer, _ in ranked[task_id][:candidates]:
             for q in pose(task, answer)[:questions]:
                 if max_prompt_chars is not None and len(q.prompt) > max_prompt_chars:
                     continue
@@ -124,29 +126,28 @@ def judge_forward_backward(
                     asked_for[q.id] = (task_id, answer)
     solutions = solve(posed) if posed else []
     question = {q.id: q for q in posed}
-    tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    # task id -> candidate -> (hits, asked)
+    tally: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
     for s in solutions:
         if s.task_id not in asked_for:
             continue
         hit = verifiers.numeric(s.answer, question[s.task_id].answer) == 1.0
-        counts = tally[asked_for[s.task_id]]
-        counts[0] += hit
-        counts[1] += 1
+        task_id, answer = asked_for[s.task_id]
+        hits, asked = tally[task_id].get(answer, (0, 0))
+        tally[task_id][answer] = (hits + hit, asked + 1)
     out: list[Judgement] = []
     flipped = 0
     for task_id, group in by_task.items():
-        backward = {a: (h, n) for (t, a), (h, n) in tally.items() if t == task_id}
-        scores = fobar_scores(votes[task_id], backward, len(group), alpha)
-        ranked = _ranked(votes[task_id], group)
+        scores = fobar_scores(votes[task_id], tally.get(task_id, {}), len(group), alpha)
         winner = max(scores, key=lambda a: (scores[a], -_first(group, a))) if scores else None
-        if ranked and winner != ranked[0][0]:
+        if ranked[task_id] and winner != ranked[task_id][0][0]:
             flipped += 1
         for tr in group:
             own = scores.get(tr.answer, 0.0) if tr.answer is not None else 0.0
             ok = tr.answer is not None and tr.answer == winner and own >= min_share and own > 0
             out.append(Judgement(tr.id, EVALUATOR_ID, "outcome", [own], verdict=ok, round=rnd))
-    hits = sum(h for h, _ in tally.values())
-    asked = sum(n for _, n in tally.values())
+    hits = sum(h for per in tally.values() for h, _ in per.values())
+    asked = sum(n for per in tally.values() for _, n in per.values())
     info: dict[str, float | int] = {
         "questions": len(posed),
         "solutions": asked,

@@ -1314,6 +1314,13 @@ def _training_set(rd: RunDir, cfg: RunConfig, r: int, rnd: Round) -> list[SFTExa
     return data
 
 
+STAGE_KEYS = {
+    "propose": ("curriculum", "evolution", "self_play", "reliability", "llm_evolve"),
+    "process": ("proposer",),
+}
+"""Per-round records of optional stages, copied into metrics.json only where the stage ran."""
+
+
 def _round_metrics(
     cfg: RunConfig, r: int, phases: dict[str, dict], label_free: bool
 ) -> dict[str, Any]:
@@ -1347,12 +1354,13 @@ def _round_metrics(
         "levels": phases["propose"]["levels"],
         "next_frontier": phases["eval"]["next_frontier"],
         "diversity": phases["propose"].get("diversity"),
-        "curriculum": phases["propose"].get("curriculum"),
-        "evolution": phases["propose"].get("evolution"),
-        "self_play": phases["propose"].get("self_play"),
-        "reliability": phases["propose"].get("reliability"),
-        "llm_evolve": phases["propose"].get("llm_evolve"),
-        "proposer": phases["process"].get("proposer"),
+        # The Task Creator's optional stages: a key only where the stage ran.
+        **{
+            k: phases[phase][k]
+            for phase, keys in STAGE_KEYS.items()
+            for k in keys
+            if phases[phase].get(k) is not None
+        },
         "data": {
             k: phases["process"][k]
             for k in (

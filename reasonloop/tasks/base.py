@@ -6,6 +6,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from reasonloop.evaluator.forward_backward import text_questions
 from reasonloop.reasoner import format as step_format
 from reasonloop.types import Task, stable_id
 
@@ -64,6 +65,14 @@ class Family(ABC):
         is the hidden number, which a solver recovers only if `answer` agrees with the question.
         Empty when this family cannot pose one for `answer` (the default: none at all)."""
         return []
+
+    def template_backward(self, task: Task, answer: str) -> list[Task]:
+        """FOBAR's text-template questions for a numeric `answer` (`text_questions`): a number
+        of a natural-language prompt becomes X, to be found from the answer."""
+        return [
+            self.backward_task(task, q, hidden, answer.strip(), str(i))
+            for i, (q, hidden) in enumerate(text_questions(task.prompt, answer))
+        ]
 
     def backward_task(
         self,

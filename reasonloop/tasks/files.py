@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reasonloop.evaluator import verifiers
-from reasonloop.evaluator.forward_backward import text_questions
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task, stable_id
 
@@ -130,10 +129,7 @@ class FileFamily(Family):
         when the file's answers are numbers (`numeric` or `math` verifier)."""
         if self.options["verifier"] == "exact":
             return []
-        return [
-            self.backward_task(task, q, hidden, answer.strip(), str(i))
-            for i, (q, hidden) in enumerate(text_questions(task.prompt, answer))
-        ]
+        return self.template_backward(task, answer)
 
 
 def _jsonl_rows(path: Path):

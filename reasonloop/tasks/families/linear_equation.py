@@ -135,10 +135,10 @@ class LinearEquationFamily(CompactFamily):
     def backward(self, task: Task, answer: str) -> list[Task]:
         """Hide `a` and give the candidate x*: `x*y+b=cx*+d` (both sides negated when x* < 0),
         an equation in the same format whose solution is `a` exactly when x* solves the task
-        (a != c). With x* = 0 it hides
-        `b` instead (`y=d`, which is `b` only when x = 0). Nothing when x* is not an integer or
-        the equation in y has no integer solution (then no integer `a` fits x* either). With
-        x on both sides, `cx*+d` is written out as one number: the format has no products."""
+        (a != c). With x* = 0 it hides `b` instead (`y=d`, which is `b` only when x = 0).
+        Nothing when x* is not an integer or the equation in y has no integer solution (then no
+        integer `a` fits x* either). With x on both sides, `cx*+d` is written out as one number:
+        the format has no products."""
         x = read_int(answer)
         if x is None:
             return []
