@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from reasonloop.evaluator.calibration import auroc, ece, first_error_accuracy
+from reasonloop.evaluator.calibration import auroc, ece, first_error_accuracy, first_error_chance
 
 
 def _pairwise_auroc(scores: list[float], labels: list[bool]) -> float:
@@ -86,3 +86,10 @@ def test_first_error_accuracy() -> None:
     assert first_error_accuracy([2, 1, None, 0], [2, 3, None, 0]) == pytest.approx(2 / 3)
     assert first_error_accuracy([None, 1], [None, None]) is None
     assert first_error_accuracy([None], [1]) == 0.0
+
+
+def test_first_error_chance_is_a_uniform_guess_among_the_steps() -> None:
+    assert first_error_chance([4, 2]) == pytest.approx((1 / 4 + 1 / 2) / 2)
+    assert first_error_chance([1, 1, 1]) == 1.0  # one step: it must be the wrong one
+    assert first_error_chance([0, 2]) == pytest.approx(0.25)  # no steps: never located
+    assert first_error_chance([]) is None

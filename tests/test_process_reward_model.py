@@ -294,6 +294,7 @@ def test_a_trained_prm_finds_the_first_wrong_step_of_held_out_traces(learned) ->
     assert report["injected_n"] == 200
     located = report["first_error_accuracy_injected"]
     # measured 0.62 here (0.49-0.62 over three seeds of data and weights); chance is 0.25
+    assert report["first_error_chance_injected"] == 0.25  # sorting here: 4 steps per trace
     assert located > 0.4, located
     fresh = ProcessRewardModel.from_policy(TinyModel.create(CFG, 0))
     blank = calibration_report(fresh, fam, held, [], {}, "min", injected=200, seed=5)

@@ -7,6 +7,7 @@
   samples: whether a score of 0.8 means right 80% of the time. Needs probabilities in [0, 1].
 - `first_error_accuracy`: for step-level judges, the share of wrong traces whose first flagged
   step is the first truly wrong step.
+- `first_error_chance`: the same share for a uniform guess among a trace's steps (its baseline).
 """
 
 from __future__ import annotations
@@ -82,3 +83,12 @@ def first_error_accuracy(
     if not pairs:
         return None
     return sum(p == t for p, t in pairs) / len(pairs)
+
+
+def first_error_chance(steps: Sequence[int]) -> float | None:
+    """What `first_error_accuracy` a blind guess scores: the expected share of hits when each
+    wrong trace's first wrong step is drawn uniformly from its `steps` steps (mean of 1/n).
+    None for no traces; a trace with no steps cannot be located and counts as a miss."""
+    if not steps:
+        return None
+    return sum(1.0 / n for n in steps if n > 0) / len(steps)

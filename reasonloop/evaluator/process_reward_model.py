@@ -36,7 +36,12 @@ from reasonloop.algorithms.sft import batches, collate, encode_example
 from reasonloop.algorithms.step_dpo import first_wrong_step
 from reasonloop.algorithms.value_head import ScalarHead
 from reasonloop.config import TrainConfig
-from reasonloop.evaluator.calibration import auroc, ece, first_error_accuracy
+from reasonloop.evaluator.calibration import (
+    auroc,
+    ece,
+    first_error_accuracy,
+    first_error_chance,
+)
 from reasonloop.reasoner.format import ANSWER_MARK, STEP_SEP
 from reasonloop.tasks.base import Family
 from reasonloop.types import SFTExample, Task, Trace
@@ -296,7 +301,8 @@ def calibration_report(
     """How well `prm` agrees with ground truth on `traces` (not trained on) and `injected` error
     traces made from references of `tasks`: AUROC and ECE of the aggregated score against the
     verdicts; first-error accuracy on the wrong traces whose first wrong step `check_step` finds,
-    and on the injected ones (`first_error_accuracy_injected`)."""
+    and on the injected ones (`first_error_accuracy_injected`), each beside what a uniform guess
+    among the trace's steps would score (`first_error_chance`, `first_error_chance_injected`)."""
     use = [t for t in traces if t.id in verdicts and t.task_id in tasks]
     scores = prm.step_scores([tasks[t.task_id].prompt for t in use], [t.text for t in use])
     agg = [aggregate(s, how) for s in scores]
@@ -312,6 +318,9 @@ def calibration_report(
         "positives": sum(oks),
         "first_error_accuracy": first_error_accuracy(predicted, truth),
         "first_error_n": sum(x is not None for x in truth),
+        "first_error_chance": first_error_chance(
+            [len(t.steps) for t, x in zip(use, truth, strict=True) if x is not None]
+        ),
     }
     if injected > 0:
         rng = random.Random(seed)
@@ -326,5 +335,6 @@ def calibration_report(
         out["first_error_accuracy_injected"] = first_error_accuracy(
             flagged, [j for _, (_, j) in made]
         )
+        out["first_error_chance_injected"] = first_error_chance([len(s) - 1 for s in inj])
         out["injected_n"] = len(made)
     return out
