@@ -113,8 +113,15 @@ def test_offline_rl_trains_on_stored_rounds_only(model_based) -> None:
         encode_example(sampler.tokenizer, SFTExample(prompt=g.prompt, completion=c))
         for c in g.completions
     ]
+    # Batched with other rows, the stored values saw other padding and summation orders: equal to
+    # float rounding (measured up to 1.2e-5 relative), where another checkpoint is far off.
     for want, got in zip(frozen_token_logps(sampler, seqs), behaviour[-1], strict=True):
-        assert torch.allclose(want, got)
+        assert torch.allclose(want, got, rtol=1e-4, atol=1e-6)
+    later = frozen_token_logps(load_model(cfg.model, rd.checkpoint(2)), seqs)
+    assert not all(
+        torch.allclose(w, g, rtol=1e-4, atol=1e-6)
+        for w, g in zip(later, behaviour[-1], strict=True)
+    )
     model = load_model(cfg.model, rd.checkpoint(2))
     before = [p.detach().clone() for p in model.module.parameters()]
     tcfg = TrainConfig(lr=1e-3, steps=3, batch_size=16, warmup_steps=0)

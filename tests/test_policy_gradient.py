@@ -59,6 +59,40 @@ def test_rewarded_completions_gain_probability(algorithm):
     assert 0 <= min(stats["clip_fraction"]) and max(stats["clip_fraction"]) <= 1
 
 
+def test_the_samplers_own_log_probs_stand_in_for_the_old_policy_pass():
+    """`Completion.token_logprobs` as `behaviour` spares the old-policy forward pass and trains
+    the same weights (the two agree to float rounding); a row of the wrong length is refused."""
+    from reasonloop.models.base import Sampling
+
+    model = TinyModel.create(CFG, 3)
+    prompts = [f"{a}+{b}=" for a in range(6) for b in range(3)]
+    comps = model.generate(prompts, 4, Sampling(temperature=1.0, max_new_tokens=6, seed=1))
+    groups, behaviour = [], []
+    for i, (p, cs) in enumerate(zip(prompts, comps, strict=True)):
+        rewards = [float(k == i % 4) for k in range(4)]  # some signal in every group
+        groups.append(Group(f"t{i}", p, [c.text for c in cs], rewards))
+        behaviour.append(
+            [None if c.token_logprobs is None else torch.tensor(c.token_logprobs) for c in cs]
+        )
+    assert any(b is not None for row in behaviour for b in row)
+    cfg = TrainConfig(steps=6, batch_size=16, lr=3e-3, warmup_steps=1)
+    rl = RLConfig(dynamic_sampling=False)
+    a, b = model.copy(), model.copy()
+    sa = train_policy_gradient(a, groups, cfg, rl, seed=0)
+    sb = train_policy_gradient(b, groups, cfg, rl, seed=0, behaviour=behaviour)
+    assert sa["losses"] == pytest.approx(sb["losses"], rel=1e-4, abs=1e-5)
+    for pa, pb in zip(a.module.parameters(), b.module.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5)
+    moved = max(
+        (pa - p0).abs().max().item()
+        for pa, p0 in zip(a.module.parameters(), model.module.parameters(), strict=True)
+    )
+    assert moved > 1e-3  # trained, so the agreement above says something
+    short = [[torch.zeros(1) for _ in row] for row in behaviour]
+    with pytest.raises(ValueError, match="behaviour log-probs of completion 0 have 1 values"):
+        train_policy_gradient(model.copy(), groups, cfg, rl, seed=0, behaviour=short)
+
+
 def test_kl_to_a_reference_is_logged_and_required():
     model = TinyModel.create(CFG, 0)
     cfg = TrainConfig(steps=8, batch_size=24, lr=3e-3, warmup_steps=1)

@@ -304,3 +304,19 @@ def test_logprobs_agree_with_forward_and_with_generate():
     assert [c.logprob for _, c in budget] == pytest.approx(
         [float(lp.sum()) for lp in scores], abs=1e-4
     )
+    assert all(c.token_logprobs is None for _, c in budget)  # none ended at a newline
+
+    # Token by token, a completion that stopped at "\n" carries the forward pass's log-probs of
+    # text + "\n" (what training encodes); eos stops and cut ones carry none.
+    s = Sampling(temperature=1.0, max_new_tokens=8, seed=0)
+    prompts = [f"{a}{b}+" for a in range(10) for b in range(4)]
+    out = [c for p, cs in zip(prompts, model.generate(prompts, 4, s), strict=True) for c in cs]
+    rows = [p for p in prompts for _ in range(4)]
+    per_token = [(p, c) for p, c in zip(rows, out, strict=True) if c.token_logprobs is not None]
+    assert len(per_token) >= 5 and len(per_token) < len(out)  # random weights: eos stops too
+    assert all(not c.stopped or c.n_tokens == len(c.text) + 1 for c in out)
+    scores = model.logprobs([p for p, _ in per_token], [c.text + "\n" for _, c in per_token])
+    for (_, c), lp in zip(per_token, scores, strict=True):
+        assert len(c.token_logprobs) == c.n_tokens
+        assert sum(c.token_logprobs) == pytest.approx(c.logprob, abs=1e-5)
+        torch.testing.assert_close(torch.tensor(c.token_logprobs), lp, atol=1e-5, rtol=0)

@@ -131,8 +131,10 @@ def train_policy_gradient(
     `dense` (per group, per completion: 1-D rewards, one per completion token) turns each
     completion's advantage into per-token advantages, `dense_reward.dense_advantages` with
     `rl.dense_weight`. `behaviour` (same layout; None for a row the current model sampled) are
-    the log-probs of the policy that sampled a stored completion (offline RL): its ratio is taken
-    against them instead of the current model's."""
+    the log-probs of the policy that sampled a completion, one per completion token (its stop
+    newline included): a stored round's (offline RL), or the sampler's own
+    (`Completion.token_logprobs`), which spares the forward pass that would take them again. The
+    ratio is taken against them instead of the current model's."""
     stats: dict = {
         "steps": 0,
         "seconds": 0.0,
@@ -172,10 +174,20 @@ def train_policy_gradient(
     for i, a in zip(kept, advs, strict=True):
         seqs += encoded[i]
         adv += a if dense is None else _dense_rows(a, dense[i], lengths[i], rl.dense_weight)
-    old = frozen_token_logps(model, seqs)
-    if behaviour is not None:
-        stored = [b for i in kept for b in behaviour[i]]
-        old = [o if b is None else b.to(o) for o, b in zip(old, stored, strict=True)]
+    # The rollout policy's log-probs: given ones (`behaviour`) stand; the rest are this model's,
+    # taken once before any update (one forward pass over just those rows).
+    stored = (
+        [b for i in kept for b in behaviour[i]] if behaviour is not None else [None] * len(seqs)
+    )
+    todo = [k for k, b in enumerate(stored) if b is None]
+    taken = iter(frozen_token_logps(model, [seqs[k] for k in todo]) if todo else [])
+    old = [next(taken) if b is None else b.float() for b in stored]
+    for k, (o, (ids, p_len)) in enumerate(zip(old, seqs, strict=True)):
+        if len(o) != len(ids) - p_len:
+            raise ValueError(
+                f"behaviour log-probs of completion {k} have {len(o)} values for its "
+                f"{len(ids) - p_len} tokens (the stop newline included)"
+            )
     ref = frozen_token_logps(reference, seqs) if rl.kl_beta and reference is not None else None
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)

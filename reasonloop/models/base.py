@@ -46,6 +46,12 @@ class Completion:
     stopped: bool = True
     """False when the token budget ran out before a stop token: the text is cut, unfinished
     (an OpenAI-compatible `finish_reason` of "length")."""
+    token_logprobs: tuple[float, ...] | None = None
+    """The model's log-probability (temperature 1) of each token of `text` + "\n" as sampled
+    (`n_tokens` values, summing to `logprob`): the tokens SFT and RL training encode
+    (`sft.encode_example`), so a policy-gradient step can take them as the rollout policy's
+    (`behaviour`). None when the completion did not stop at a newline (cut, eos, a step stop) or
+    the backend does not give them."""
 
 
 @runtime_checkable

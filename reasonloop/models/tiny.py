@@ -787,12 +787,15 @@ def _completions(
     out = []
     for r, (row, lps) in enumerate(zip(tokens, logps, strict=True)):
         limit = min(budgets[r // n], len(row))
-        end, count, stopped = limit, limit, False
+        end, count, stopped, newline = limit, limit, False, False
         for t in range(limit):
             if row[t] in stop_ids:
                 # A step separator stays in the text: the next step is appended right after it.
                 end, count, stopped = (t + 1 if row[t] == STEP_ID else t), t + 1, True
+                newline = row[t] == NEWLINE_ID
                 break
         text = tokenizer.decode(row[:end])
-        out.append(Completion(text, count, float(sum(lps[:count])), stopped))
+        # Per-token log-probs only where they are those of text + "\n", as training encodes it.
+        per_token = tuple(lps[:count]) if newline else None
+        out.append(Completion(text, count, float(sum(lps[:count])), stopped, per_token))
     return out
