@@ -159,6 +159,8 @@ def test_summary_and_plot_are_written(reference):
         assert set(h["by_level"]) == {"1", "2", "3", "4"}
         assert 0.0 <= h["pass@1"] <= 1.0 and h["beyond_seed"] == h["by_level"]["4"]
         assert set(m["seconds"]) == {"propose", "solve", "process", "train", "eval", "total"}
+        assert set(m["cpu_seconds"]) == set(m["seconds"])
+        assert 0 < m["cpu_seconds"]["train"] and 0 < m["cpu_seconds"]["total"]
         assert m["tokens_per_s"]["training"] > 0 and m["tokens_per_s"]["generation"] > 0
         # Label-free after the seed: only round 0 trains on gold.
         assert m["gold_labels_in_training"] == (m["round"] == 0)

@@ -499,6 +499,20 @@ def _load_round(rd: RunDir, r: int, state: dict) -> Round:
     return rnd
 
 
+def _clock() -> tuple[float, float]:
+    """A phase's start: wall clock and this process's CPU time (all its threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> dict[str, float]:
+    """A phase's `seconds` (wall) and `cpu_seconds` since `_clock()`: CPU time is the work
+    done, whatever else the machine was running at the time."""
+    return {
+        "seconds": time.perf_counter() - start[0],
+        "cpu_seconds": time.process_time() - start[1],
+    }
+
+
 def _mark(rd: RunDir, manifest: dict, r: int, phase: str, info: dict[str, Any]) -> None:
     # A resumed run must have the same config, so a redone phase writes the same optional files.
     written = [n for n in OPTIONAL_FILES.get(phase, ()) if (rd.round_dir(r) / n).exists()]
@@ -535,7 +549,7 @@ def _run_round(
 
     # -- propose ---------------------------------------------------------------------------
     if "propose" not in phases:
-        t0 = time.perf_counter()
+        t0 = _clock()
         rng = random.Random(phase_seed(cfg.seed, r, "propose"))
         exclude = {t.id for t in heldout}
         if r == 0:
@@ -599,7 +613,7 @@ def _run_round(
             manifest,
             r,
             "propose",
-            {"seconds": time.perf_counter() - t0, "frontier": frontier, "levels": levels} | extra,
+            _since(t0) | {"frontier": frontier, "levels": levels} | extra,
         )
     by_id = {t.id: t for t in rnd.tasks}
 
@@ -613,7 +627,7 @@ def _run_round(
 
     # -- solve + judge ---------------------------------------------------------------------
     if "solve" not in phases:
-        t0 = time.perf_counter()
+        t0 = _clock()
         gen_tokens = 0
         solve_info: dict[str, Any] = {}
         if r == 0:
@@ -675,12 +689,11 @@ def _run_round(
         write_records(d / "traces.parquet", traces, Trace)
         write_records(d / "judgements.parquet", judgements, Judgement)
         rnd.traces, rnd.judgements = traces, judgements
-        secs = time.perf_counter() - t0
-        _mark(rd, manifest, r, "solve", {"seconds": secs, "tokens": gen_tokens} | solve_info)
+        _mark(rd, manifest, r, "solve", _since(t0) | {"tokens": gen_tokens} | solve_info)
 
     # -- post-process and build the training set ------------------------------------------------
     if "process" not in phases:
-        t0 = time.perf_counter()
+        t0 = _clock()
         correction_info: dict[str, Any] = {}
         if correction.enabled(cfg, r):
             # Made by the model that sampled the round, then decided on like any trace.
@@ -757,7 +770,8 @@ def _run_round(
             manifest,
             r,
             "process",
-            {"seconds": time.perf_counter() - t0, **_process_stats(rnd, family, by_id)}
+            _since(t0)
+            | _process_stats(rnd, family, by_id)
             | _judge_stats(cfg, family, by_id, rnd, len(verify))
             | prm_info
             | proposer_info
@@ -767,7 +781,7 @@ def _run_round(
 
     # -- train -------------------------------------------------------------------------------
     if "train" not in phases:
-        t0 = time.perf_counter()
+        t0 = _clock()
         orm, orm_info = None, None
         if r > 0 and cfg.evaluator.reward_model.enabled:
             assert model is not None
@@ -819,7 +833,7 @@ def _run_round(
         faults.hit("checkpoint")
         losses = stats.get("losses", [])
         info = {
-            "seconds": time.perf_counter() - t0,
+            **_since(t0),
             "examples": stats["examples"],
             "steps": stats.get("steps", 0),
             "tokens": stats.get("tokens", 0),
@@ -845,7 +859,7 @@ def _run_round(
 
     # -- evaluate on the held-out set ----------------------------------------------------------
     if "eval" not in phases:
-        t0 = time.perf_counter()
+        t0 = _clock()
         gen.sync(model, str(rd.checkpoint(r)))
         orm_path = rd.checkpoint(r) / ORM_FILE
         # Read back from the checkpoint, so a run resumed before its eval scores the same ORM.
@@ -890,7 +904,7 @@ def _run_round(
         else:
             nxt = creator.next_frontier(frontier, success, cfg.creator, family)
         info = {
-            "seconds": time.perf_counter() - t0,
+            **_since(t0),
             "heldout": metrics,
             "next_frontier": nxt,
             "resources": resources(),
@@ -1329,6 +1343,9 @@ def _round_metrics(
     gen_seconds = solve_s + phases["eval"]["seconds"]
     seconds = {p: round(phases[p]["seconds"], 3) for p in PHASES}
     seconds["total"] = round(sum(seconds.values()), 3)
+    # CPU time, all of the process's threads (phases of runs made before it was kept count 0).
+    cpu = {p: round(phases[p].get("cpu_seconds", 0.0), 3) for p in PHASES}
+    cpu["total"] = round(sum(cpu.values()), 3)
     heldout = phases["eval"]["heldout"]
     extra: dict[str, Any] = {}
     if "calibration" in heldout:  # the evaluators' own section, not a held-out accuracy
@@ -1345,6 +1362,7 @@ def _round_metrics(
         "round": r,
         "heldout": {k: v for k, v in heldout.items() if k not in ("tokens", "calibration")},
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "tokens_per_s": {
             "generation": gen_tokens / gen_seconds if gen_seconds > 0 and gen_tokens else 0.0,
             "training": phases["train"].get("tokens_per_s", 0.0),
