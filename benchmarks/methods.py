@@ -1,100 +1,185 @@
-"""Training methods side by side: held-out pass@1 per round for each preset, several seeds.
+"""Training methods side by side: held-out pass@1 against training time, same seed model, same
+time budget, several seeds.
 
     python benchmarks/methods.py [--presets star rft rest-em iterative-dpo step-dpo grpo-zero rloo ppo]
-                                 [--seeds 0 1 2] [--rounds 4] [--out runs/methods]
+                                 [--seeds 0 1 2] [--budget 150] [--max-rounds 30] [--jobs 2]
+                                 [--out runs/methods]
 
-Every preset runs on the same family, seed recipe and held-out set (the common overrides below),
-so round 0 (the supervised seed) is the same model for all of them within a seed; what differs
-is how each round learns. Prints a table (mean over seeds, with min-max spread) and writes
-methods.png and methods.json into --out. Runs resume: the same command again only runs what is
-missing.
+Every preset runs on the same testbed (`COMMON` below), so round 0, the supervised seed, is the
+same model for all of them within a seed (star's seed also holds its hinted copies and step-dpo
+writes one step per column, so those two train their own seed on the same tasks). What differs is
+how each round learns. Each run gets the same budget of training time: rounds are added one at a
+time until the rounds after the seed have spent `--budget` CPU seconds (their own
+`cpu_seconds.total` minus `cpu_seconds.eval`, the held-out measurement; one thread per run, so
+on a machine to itself CPU and wall seconds agree, and on a busy one the budget still measures
+the work) or `--max-rounds` is reached, so a cheap method gets more rounds than an expensive
+one. Runs resume: the same command again only runs what is
+missing, and a larger budget extends them.
+
+Prints, per preset, held-out pass@1 at round 0 and at the end of the budget (mean over seeds and
+each seed's gain), and writes methods.json (every run's curve: seconds and pass@1 per round) and
+methods.png (pass@1 against training seconds, mean over seeds) into --out. A preset counts as
+improving when its gain is positive in every seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
-import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from reasonloop.cli import _set as set_field
 from reasonloop.config import load_config
 from reasonloop.loop.run import run
 
+PRESETS = ["star", "rft", "rest-em", "iterative-dpo", "step-dpo", "grpo-zero", "rloo", "ppo"]
+
 COMMON = {
-    "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 64, "rope_theta": 10000.0},
-    "seed_train": {"lr": 0.002, "steps": 1500, "batch_size": 64, "warmup_steps": 50},
+    "model": {
+        "dim": 128,
+        "n_layers": 4,
+        "n_heads": 4,
+        "max_seq_len": 64,
+        "rope_theta": 10000.0,
+        "threads": 1,
+    },
+    "seed_train": {"lr": 0.002, "steps": 1000, "batch_size": 64, "warmup_steps": 50},
     "tasks": {
         "family": "addition",
         "seed_levels": [1, 2, 3],
         "seed_examples": 20000,
-        "heldout_levels": [1, 2, 3, 4],
-        "heldout_per_level": 100,
+        "heldout_levels": [2, 3],
+        "heldout_per_level": 200,
     },
-    "creator": {"per_round": 600, "start_level": 2, "levels_ahead": 2, "mastery": 0.9, "step": 1},
+    "creator": {"per_round": 600, "start_level": 2, "levels_ahead": 2, "step": 0},
     "reasoner": {"samples": 8, "temperature": 1.0},
     "evaluator": {"kind": "gold"},
 }
-"""The shared testbed: a deliberately short seed (1500 steps) leaves 2-3 digit addition partly
-learned, so every method has room to improve on levels it can already sometimes solve. Each
-preset keeps its own answer format and token budget (step-dpo writes one step per column)."""
+"""The shared testbed: a deliberately short seed (1000 steps on 1-3 digit addition) leaves 3-digit
+sums partly learned; every round draws fresh 2-3 digit tasks (never the held-out ones) and the
+held-out set is 200 tasks of each of those levels, so each method can improve where the seed is
+weak, from its own samples and the gold verifier. Each preset keeps its own learning rate, steps,
+answer format and token budget."""
 
 
-def run_one(preset: str, seed: int, rounds: int, out: Path) -> dict:
-    cfg = load_config(preset, overrides={**COMMON, "rounds": rounds, "seed": seed})
-    t0 = time.perf_counter()
-    summary = run(cfg, out / f"{preset}-s{seed}", show_progress=False, log=lambda *_: None)
-    summary["wall_seconds"] = time.perf_counter() - t0
-    return summary
+def training_seconds(summary: dict) -> list[float]:
+    """Cumulative training time after each round, in CPU seconds (the work done, however busy
+    the machine was): round 0 counts 0 (the shared seed); a later round adds its total minus its
+    held-out evaluation."""
+    out, total = [], 0.0
+    for r in summary["rounds"]:
+        if r["round"] > 0:
+            s = r["cpu_seconds"]
+            total += s["total"] - s["eval"]
+        out.append(total)
+    return out
+
+
+def run_one(
+    preset: str,
+    seed: int,
+    budget: float,
+    max_rounds: int,
+    out: Path,
+    overrides: dict,
+    name: str | None = None,
+) -> dict:
+    """One preset (with `overrides`) and seed, in `out/<name>-s<seed>`, extended a round at a
+    time until the budget is spent."""
+    name = name or preset
+    rounds = 1
+    while True:
+        cfg = load_config(preset, overrides={**overrides, "rounds": rounds, "seed": seed})
+        summary = run(cfg, out / f"{name}-s{seed}", show_progress=False, log=lambda *_: None)
+        spent = training_seconds(summary)
+        done = len(summary["rounds"]) - 1
+        if spent[-1] >= budget or done >= max_rounds:
+            break
+        rounds = done + 1
+    return {
+        "preset": name,
+        "seed": seed,
+        "seconds": spent,
+        "pass@1": [r["heldout"]["pass@1"] for r in summary["rounds"]],
+        "by_level": [r["heldout"]["by_level"] for r in summary["rounds"]],
+    }
+
+
+def at_budget(curve: dict, budget: float) -> float:
+    """pass@1 of the last round that finished within the budget (round 0 if none did); a round
+    that ran past it counts when it is the first to reach it, as the budget's last round."""
+    value = curve["pass@1"][0]
+    for s, p in zip(curve["seconds"], curve["pass@1"], strict=True):
+        value = p
+        if s >= budget:
+            break
+    return value
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument(
-        "--presets",
-        nargs="+",
-        default=["star", "rft", "rest-em", "iterative-dpo", "step-dpo", "grpo-zero", "rloo", "ppo"],
-    )
+    ap.add_argument("--presets", nargs="+", default=PRESETS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--budget", type=float, default=150.0, help="training CPU s after the seed")
+    ap.add_argument("--max-rounds", type=int, default=30)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one thread)")
     ap.add_argument("--out", default="runs/methods")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change the testbed or every preset (e.g. train.lr=1e-4); use another --out",
+    )
     args = ap.parse_args()
     out = Path(args.out)
-    results: dict[str, dict[int, list[float]]] = {}
-    seconds: dict[str, list[float]] = {}
-    for preset in args.presets:
-        for seed in args.seeds:
-            s = run_one(preset, seed, args.rounds, out)
-            results.setdefault(preset, {})[seed] = [r["heldout"]["pass@1"] for r in s["rounds"]]
-            seconds.setdefault(preset, []).append(s["seconds"])
+    common = copy.deepcopy(COMMON)
+    for dotted in args.set:
+        set_field(common, dotted)
+    jobs = [(p, s) for p in args.presets for s in args.seeds]
+    curves: list[dict] = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(run_one, p, s, args.budget, args.max_rounds, out, common) for p, s in jobs
+        ]
+        for f in futures:
+            c = f.result()
+            curves.append(c)
             print(
-                f"{preset} seed {seed}: " + " ".join(f"{x:.1%}" for x in results[preset][seed]),
+                f"{c['preset']} seed {c['seed']}: "
+                + " ".join(
+                    f"{p:.1%}@{s:.0f}s" for p, s in zip(c["pass@1"], c["seconds"], strict=True)
+                ),
                 flush=True,
             )
-    header = (
-        "| preset | "
-        + " | ".join(f"r{r}" for r in range(args.rounds + 1))
-        + " | last - r0 | s/run |"
+    print(
+        f"\nheld-out pass@1 (levels {common['tasks']['heldout_levels']}, "
+        f"{common['tasks']['heldout_per_level']} tasks each), {len(args.seeds)} seeds, "
+        f"training budget {args.budget:.0f} s after the seed\n"
     )
-    print("\n" + header)
-    print("|" + "---|" * (args.rounds + 4))
+    print(
+        "| preset | round 0 | at budget | gain, mean (per seed) | rounds | improves in every seed |"
+    )
+    print("|---|---|---|---|---|---|")
     table = {}
-    for preset, by_seed in results.items():
-        curves = list(by_seed.values())
-        cells, means = [], []
-        for r in range(args.rounds + 1):
-            xs = [c[r] for c in curves]
-            means.append(statistics.mean(xs))
-            cells.append(f"{means[-1]:.1%} ({min(xs):.0%}-{max(xs):.0%})")
-        gains = [c[-1] - c[0] for c in curves]
-        table[preset] = {"mean": means, "gains": gains, "curves": curves}
+    for preset in args.presets:
+        mine = [c for c in curves if c["preset"] == preset]
+        r0 = [c["pass@1"][0] for c in mine]
+        end = [at_budget(c, args.budget) for c in mine]
+        gains = [e - s for e, s in zip(end, r0, strict=True)]
+        rounds = [len(c["pass@1"]) - 1 for c in mine]
+        table[preset] = {"round0": r0, "at_budget": end, "gains": gains, "curves": mine}
         print(
-            f"| {preset} | "
-            + " | ".join(cells)
-            + f" | {statistics.mean(gains) * 100:+.1f} pts ({min(gains) * 100:+.0f}..{max(gains) * 100:+.0f})"
-            + f" | {statistics.mean(seconds[preset]):.0f} |"
+            f"| {preset} | {statistics.mean(r0):.1%} | {statistics.mean(end):.1%} | "
+            f"{statistics.mean(gains) * 100:+.1f} pts ({', '.join(f'{g * 100:+.1f}' for g in gains)}) | "
+            f"{min(rounds)}-{max(rounds)} | {'yes' if min(gains) > 0 else 'no'} |"
         )
-    (out / "methods.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "methods.json").write_text(
+        json.dumps({"common": common, "budget": args.budget, "presets": table}, indent=2) + "\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,11 +187,14 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for preset, row in table.items():
-        ax.plot(range(args.rounds + 1), [m * 100 for m in row["mean"]], marker="o", label=preset)
-    ax.set_xticks(range(args.rounds + 1))
-    ax.set_xlabel("round (0 = supervised seed)")
+        n = min(len(c["pass@1"]) for c in row["curves"])
+        xs = [statistics.mean(c["seconds"][i] for c in row["curves"]) for i in range(n)]
+        ys = [100 * statistics.mean(c["pass@1"][i] for c in row["curves"]) for i in range(n)]
+        ax.plot(xs, ys, marker="o", label=preset)
+    ax.axvline(args.budget, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training CPU seconds after the seed (held-out evaluation excluded)")
     ax.set_ylabel("held-out pass@1 (%)")
-    ax.set_title(f"methods on the same seed, mean of {len(args.seeds)} seed(s)")
+    ax.set_title(f"methods from the same seed, mean of {len(args.seeds)} seed(s)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "methods.png", dpi=110)

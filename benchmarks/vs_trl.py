@@ -9,7 +9,9 @@ rate and number of steps. Both see batches of the same size drawn from the same 
 tokens/s is steps/s times the mean real tokens of a batch; ours also counts its tokens exactly.
 Best of `reps` runs, interleaved (the machine is shared). Needs `pip install trl`.
 
-    python benchmarks/vs_trl.py --grpo [--generations 40] [--prompts 16] [--group 8] [--lr 1e-4]
+    python benchmarks/vs_trl.py --grpo [--generations 100] [--prompts 32] [--group 8] [--lr 1e-4]
+                                [--dim 128] [--layers 4] [--sft-steps 1200] [--dynamic-sampling]
+                                [--seeds 0 1 2]
 
 `--grpo`: our GRPO against TRL's `GRPOTrainer`, held-out pass@1 against process CPU time. A tiny
 model (seeded) is SFT-trained briefly on `level`-digit addition, so that RL has signal, and
@@ -21,10 +23,14 @@ verifier accepts the parsed answer, group-normalised advantages, then `steps` = 
 our `aggregation: token`), no KL, constant lr, the optimiser's state kept across generations.
 Every `eval_every` generations both are scored by the same greedy evaluator
 (`loop.heldout.evaluate`) on the same held-out tasks (TRL's weights are copied back into a tiny
-model); the evaluation's own CPU time is not counted. The ratio is the CPU time our run took to
-first reach TRL's final pass@1 over TRL's total CPU time. One thread, fp32, CPU, for both.
+model); the evaluation's own CPU time is not counted. TRL runs first; ours then runs until an
+evaluation reaches TRL's final pass@1 (at most `reach_cap` times the generations). The ratio
+is the CPU time our run took to first reach TRL's final pass@1 over TRL's total CPU time, one
+per seed (`--seeds`). One thread, fp32, CPU, for both.
 Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
-the same training prompts; a completion cut at `max_new` tokens gets our stop newline appended
+the same training prompts; ours takes the rollout policy's log-probs from its sampler
+(`Completion.token_logprobs`, equal to a forward pass's to float rounding) where TRL runs a
+forward pass for them; a completion cut at `max_new` tokens gets our stop newline appended
 in our loss and not in TRL's (rare: the answers are `level` + 2 tokens).
 """
 
@@ -34,6 +40,7 @@ import argparse
 import contextlib
 import io
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -186,11 +193,16 @@ def grpo_setup(args: argparse.Namespace) -> GrpoSetup:
 
 
 def grpo_train_config(args: argparse.Namespace) -> tuple[TrainConfig, RLConfig]:
-    """Our side of the shared hyper-parameters (TRL's are set to match in `trl_grpo`)."""
+    """Our side of the shared hyper-parameters (TRL's are set to match in `trl_grpo`).
+
+    With `--dynamic-sampling` ours drops the groups whose rewards are all equal (DAPO; they
+    carry no advantage) and takes one pass over the rest, so a generation whose groups are all
+    solved or all failed costs no training step; TRL keeps them in its loss."""
     steps = args.prompts * args.group // args.batch
     train = TrainConfig(
         lr=args.lr,
-        steps=steps,
+        steps=None if args.dynamic_sampling else steps,
+        epochs=1.0,
         batch_size=args.batch,
         warmup_steps=0,
         min_lr_ratio=1.0,
@@ -204,13 +216,19 @@ def grpo_train_config(args: argparse.Namespace) -> tuple[TrainConfig, RLConfig]:
         clip_high=0.28,
         kl_beta=0.0,
         aggregation="token",
-        dynamic_sampling=False,  # TRL keeps groups of equal rewards (zero advantage) in the loss
+        # TRL keeps groups of equal rewards (zero advantage) in the loss; ours may drop them.
+        dynamic_sampling=args.dynamic_sampling,
     )
     return train, rl
 
 
-def ours_grpo(setup: GrpoSetup, args: argparse.Namespace) -> list[Checkpoint]:
-    """Our on-policy loop: sampler -> verifier rewards -> `train_policy_gradient`, per generation."""
+def ours_grpo(
+    setup: GrpoSetup, args: argparse.Namespace, target: float | None = None
+) -> list[Checkpoint]:
+    """Our on-policy loop: sampler -> verifier rewards -> `train_policy_gradient`, per generation.
+
+    With a `target` pass@1, generations go on past `args.generations` (up to `args.reach_cap`
+    times as many) until an evaluation reaches it."""
     model = setup.base.copy()
     train, rl = grpo_train_config(args)
     opt = adamw(model.module, train)
@@ -218,17 +236,23 @@ def ours_grpo(setup: GrpoSetup, args: argparse.Namespace) -> list[Checkpoint]:
     order: list[Task] = []
     clock = Clock()
     points = [Checkpoint(0, 0.0, 0.0, setup.start)]
-    for gen in range(1, args.generations + 1):
+    last = args.generations * (args.reach_cap if target is not None else 1)
+    for gen in range(1, last + 1):
         if len(order) < args.prompts:  # shuffled passes over the training prompts
             order += rng.sample(setup.train, len(setup.train))
         batch, order = order[: args.prompts], order[args.prompts :]
         sampling = Sampling(temperature=1.0, max_new_tokens=args.max_new, seed=args.seed + gen)
         comps = model.generate([t.prompt for t in batch], args.group, sampling)
-        groups = []
+        groups, behaviour = [], []
         for t, cs in zip(batch, comps, strict=True):
             texts = [c.text for c in cs]
             rewards = [setup.family.verify(t, setup.family.parse(x)[1]) for x in texts]
             groups.append(Group(t.id, t.prompt, texts, rewards))
+            # The sampler's own log-probs are the rollout policy's; a completion that did not
+            # stop at a newline (cut, eos) gets one appended in the loss, so it is scored again.
+            behaviour.append(
+                [None if c.token_logprobs is None else torch.tensor(c.token_logprobs) for c in cs]
+            )
         train_policy_gradient(
             model,
             groups,
@@ -237,10 +261,13 @@ def ours_grpo(setup: GrpoSetup, args: argparse.Namespace) -> list[Checkpoint]:
             seed=args.seed + gen,
             max_new_tokens=args.max_new,
             optimizer=opt,
+            behaviour=behaviour,
         )
-        if gen % args.eval_every == 0 or gen == args.generations:
+        if gen % args.eval_every == 0 or gen == last:
             score = lambda: evaluate(model, setup.family, setup.heldout, args.max_new)["pass@1"]  # noqa: E731
             points.append(clock.checkpoint(gen, score))
+            if target is not None and gen >= args.generations and points[-1].pass1 >= target:
+                break
     return points
 
 
@@ -344,46 +371,70 @@ def first_reaching(points: list[Checkpoint], target: float) -> Checkpoint | None
 
 
 def grpo_main(args: argparse.Namespace) -> None:
+    """Per seed: TRL's run first, then ours until it reaches TRL's final pass@1; one line each,
+    then the ratios."""
     torch.set_num_threads(1)
+    ratios: list[float | None] = []
+    for seed in args.seeds:
+        args.seed = seed
+        ratios.append(grpo_one(args))
+    got = sorted(r for r in ratios if r is not None)
+    print(
+        "\nours / TRL CPU time to TRL's final pass@1, per seed: "
+        + ", ".join("never" if r is None else f"{r:.3f}" for r in ratios)
+        + (f"; median {statistics.median(got):.3f}" if len(got) == len(ratios) else "")
+    )
+
+
+def grpo_one(args: argparse.Namespace) -> float | None:
+    """One seed's comparison, printed; returns the CPU-time ratio (None: ours never got there)."""
     setup = grpo_setup(args)
     steps = args.prompts * args.group // args.batch
     print(
-        f"GRPO on {args.level}-digit addition: tiny dim {args.dim} x {args.layers}, SFT "
-        f"{args.sft_steps} steps -> pass@1 {setup.train_pass1:.2f} on training tasks, "
-        f"{setup.start:.2f} on {len(setup.heldout)} held-out\n{args.generations} generations x "
+        f"\nseed {args.seed}: GRPO on {args.level}-digit addition, tiny dim {args.dim} x "
+        f"{args.layers}, SFT {args.sft_steps} steps -> pass@1 {setup.train_pass1:.2f} on training "
+        f"tasks, {setup.start:.2f} on {len(setup.heldout)} held-out\n{args.generations} generations x "
         f"{args.prompts} prompts x {args.group} samples, {steps} steps of {args.batch}, lr "
-        f"{args.lr}, 1 thread, fp32 CPU; CPU s = process time, evaluation excluded\n",
+        f"{args.lr}, 1 thread, fp32 CPU; CPU s = process time, evaluation excluded"
+        + (
+            "\nours with dynamic sampling: groups of equal rewards dropped, one pass over the rest"
+            if args.dynamic_sampling
+            else ""
+        ),
         flush=True,
     )
     with tempfile.TemporaryDirectory() as d:
         setup.base.export_hf(d)
-        runs = {"ours": ours_grpo(setup, args), "TRL": trl_grpo(setup, d, args)}
-    print(
-        f"{'gen':>5}"
-        + "".join(f"{n + ' pass@1':>14}{n + ' CPU s':>12}{n + ' wall s':>12}" for n in runs)
-    )
-    for row in zip(*runs.values(), strict=True):
-        cells = "".join(f"{p.pass1:>14.3f}{p.cpu_s:>12.1f}{p.wall_s:>12.1f}" for p in row)
-        print(f"{row[0].generations:>5}{cells}")
-    ours, theirs = runs["ours"][-1], runs["TRL"][-1]
+        theirs_run = trl_grpo(setup, d, args)
+    theirs = theirs_run[-1]
+    ours_run = ours_grpo(setup, args, theirs.pass1 if theirs.pass1 > setup.start else None)
+    print(f"{'gen':>5}{'ours pass@1':>14}{'ours CPU s':>12}{'TRL pass@1':>14}{'TRL CPU s':>12}")
+    by_gen = {p.generations: p for p in theirs_run}
+    for p in ours_run:
+        t = by_gen.get(p.generations)
+        cells = f"{t.pass1:>14.3f}{t.cpu_s:>12.1f}" if t else f"{'':>14}{'':>12}"
+        print(f"{p.generations:>5}{p.pass1:>14.3f}{p.cpu_s:>12.1f}{cells}")
     if theirs.pass1 <= setup.start:
-        print(f"\nTRL's final pass@1 {theirs.pass1:.3f} is no better than the start: no ratio")
-        return
-    reach = first_reaching(runs["ours"], theirs.pass1)
+        print(f"TRL's final pass@1 {theirs.pass1:.3f} is no better than the start: no ratio")
+        return None
+    at_end = next(p for p in ours_run if p.generations == args.generations)
     print(
-        f"\nfinal pass@1: ours {ours.pass1:.3f} in {ours.cpu_s:.1f} CPU s, TRL {theirs.pass1:.3f} in "
-        f"{theirs.cpu_s:.1f} CPU s; ours / TRL CPU time per generation "
-        f"{ours.cpu_s / theirs.cpu_s:.3f}"
+        f"at generation {args.generations}: ours {at_end.pass1:.3f} in {at_end.cpu_s:.1f} CPU s, "
+        f"TRL {theirs.pass1:.3f} in {theirs.cpu_s:.1f} CPU s (per generation "
+        f"{at_end.cpu_s / theirs.cpu_s:.3f})"
     )
+    reach = first_reaching(ours_run, theirs.pass1)
     if reach is None:
         print(
-            f"ours never reached TRL's final pass@1 {theirs.pass1:.3f} within {args.generations} generations"
+            f"ours never reached TRL's final pass@1 {theirs.pass1:.3f} in "
+            f"{ours_run[-1].generations} generations"
         )
-    else:
-        print(
-            f"ours reached TRL's final pass@1 {theirs.pass1:.3f} at generation {reach.generations}, "
-            f"{reach.cpu_s:.1f} CPU s: {reach.cpu_s / theirs.cpu_s:.3f} of TRL's CPU time"
-        )
+        return None
+    print(
+        f"ours reached TRL's final pass@1 {theirs.pass1:.3f} at generation {reach.generations}, "
+        f"{reach.cpu_s:.1f} CPU s: {reach.cpu_s / theirs.cpu_s:.3f} of TRL's CPU time"
+    )
+    return reach.cpu_s / theirs.cpu_s
 
 
 def main() -> None:
@@ -396,20 +447,31 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     grpo = ap.add_argument_group("--grpo: our GRPO vs TRL's GRPOTrainer")
     grpo.add_argument("--grpo", action="store_true", help="run this comparison instead of SFT")
-    grpo.add_argument("--generations", type=int, default=40, help="sample -> train steps")
-    grpo.add_argument("--prompts", type=int, default=16, help="prompts per generation")
+    grpo.add_argument("--generations", type=int, default=100, help="sample -> train steps")
+    grpo.add_argument("--prompts", type=int, default=32, help="prompts per generation")
     grpo.add_argument("--group", type=int, default=8, help="samples per prompt (group size)")
     grpo.add_argument("--lr", type=float, default=1e-4)
-    grpo.add_argument("--eval-every", type=int, default=5, help="generations between evals")
+    grpo.add_argument("--eval-every", type=int, default=10, help="generations between evals")
     grpo.add_argument("--level", type=int, default=3, help="digits of the training sums")
-    grpo.add_argument("--sft-steps", type=int, default=150, help="SFT before RL")
+    grpo.add_argument("--sft-steps", type=int, default=1200, help="SFT before RL")
     grpo.add_argument("--max-new", type=int, default=8, help="completion tokens at most")
     grpo.add_argument("--train-tasks", type=int, default=2000)
-    grpo.add_argument("--heldout", type=int, default=200, help="held-out tasks")
-    grpo.add_argument("--dim", type=int, default=64)
-    grpo.add_argument("--layers", type=int, default=2)
+    grpo.add_argument("--heldout", type=int, default=500, help="held-out tasks")
+    grpo.add_argument("--dim", type=int, default=128)
+    grpo.add_argument("--layers", type=int, default=4)
     grpo.add_argument("--heads", type=int, default=4)
-    grpo.add_argument("--seed", type=int, default=0)
+    grpo.add_argument("--seeds", type=int, nargs="+", default=[0], help="one comparison each")
+    grpo.add_argument(
+        "--reach-cap",
+        type=int,
+        default=2,
+        help="ours may run up to this many times --generations to reach TRL's final pass@1",
+    )
+    grpo.add_argument(
+        "--dynamic-sampling",
+        action="store_true",
+        help="ours drops groups of equal rewards and trains one pass over the rest",
+    )
     args = ap.parse_args()
     if args.grpo:
         if (args.prompts * args.group) % args.batch:
