@@ -101,6 +101,13 @@ class ModelConfig(Section):
     operand digits it sums: attention matches equal indices instead of learning a shift by one.
     Measured: the default seed learned 1-5 digits in 4000 steps with it and stayed at 10% on
     this machine without it (docs/easy-to-hard.md)."""
+    abacus_fixed: float = Field(0.0, ge=0)
+    """0: the abacus embeddings are learned. s > 0: they are fixed orthogonal vectors of norm s,
+    never trained (needs `abacus` < `dim`). Learned ones alias: seeded on 1-5 digits (indices at
+    most 6 apart in one sequence), index i and i + 7 or i + 8 came out with cosine .7-.9, so at 7
+    digits the `=` matched the operands' 8th digits almost as well as their 1st and the low
+    answer digits went wrong (docs/easy-to-hard.md, sixth series). Orthogonal indices cannot
+    alias at any distance."""
     path: str | None = None
     """hf backend: a local model directory (nothing can be downloaded at run time)."""
     hf_config: dict | None = None
@@ -214,6 +221,11 @@ class ModelConfig(Section):
                     f"abacus_anchor ({self.abacus_anchor!r}) needs abacus > 0: without the "
                     "embedding there is no digit index to anchor"
                 )
+        if self.abacus_fixed and not 0 < self.abacus < self.dim:
+            raise ValueError(
+                f"abacus_fixed needs 0 < abacus ({self.abacus}) < dim ({self.dim}): "
+                "there must be one orthogonal direction per digit index"
+            )
         return self
 
 

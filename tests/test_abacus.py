@@ -122,3 +122,27 @@ def test_config_errors_name_the_field():
         ModelConfig(abacus=8, abacus_anchor="7")
     with pytest.raises(ValidationError, match="not in the tiny tokenizer"):
         ModelConfig(abacus=8, abacus_anchor="\u00e9")
+
+
+def test_fixed_abacus_is_orthonormal_untrained_and_survives_a_checkpoint(tmp_path):
+    """`abacus_fixed: s`: rows 1..N are orthogonal of norm s (row 0, non-digits, zero),
+    training moves the rest of the model but not them, and a saved model loads them back still
+    fixed."""
+    cfg = ModelConfig(
+        dim=32, n_layers=1, n_heads=4, max_seq_len=64, abacus=16, abacus_offset=8, abacus_fixed=0.5
+    )
+    model = TinyModel.create(cfg, 0)
+    rows = model.module.abacus.weight.detach().clone()
+    assert rows[0].abs().max() == 0
+    torch.testing.assert_close(rows[1:] @ rows[1:].T, 0.25 * torch.eye(16), atol=1e-5, rtol=0)
+    head = model.module.lm_head.weight.detach().clone()
+    data = [SFTExample(f"{a}+{b}=", str(a + b)) for a in range(10, 30) for b in range(3)]
+    train_sft(model, data, TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1), seed=5)
+    assert torch.equal(model.module.abacus.weight, rows)
+    assert not torch.equal(model.module.lm_head.weight, head)
+    model.save(tmp_path / "ck")
+    back = TinyModel.load(tmp_path / "ck")
+    assert torch.equal(back.module.abacus.weight, rows)
+    assert not back.module.abacus.weight.requires_grad
+    with pytest.raises(ValidationError, match="abacus_fixed needs"):
+        ModelConfig(dim=32, abacus=32, abacus_fixed=1.0)

@@ -244,6 +244,9 @@ class TinyTransformer(nn.Module):
         if cfg.abacus:
             # Row 0 (non-digits) stays zero: padding_idx keeps it out of training.
             self.abacus = nn.Embedding(cfg.abacus + 1, cfg.dim, padding_idx=0)
+            # Fixed: the optimiser only sees parameters that require grad (algorithms/optim.py).
+            self.abacus.weight.requires_grad_(not cfg.abacus_fixed)
+        self.abacus_fixed = cfg.abacus_fixed
         if not self.nope:
             cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.max_seq_len)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -254,7 +257,15 @@ class TinyTransformer(nn.Module):
         std = 0.02
         nn.init.normal_(self.embed.weight, std=std)
         nn.init.normal_(self.lm_head.weight, std=std)
-        if self.abacus_max:
+        if self.abacus_max and self.abacus_fixed:
+            # Orthogonal rows 1..N of norm abacus_fixed (row 0, non-digits, stays zero): no two
+            # indices share a direction, so attention cannot confuse indices that never met in
+            # training.
+            q, _ = torch.linalg.qr(torch.randn(self.dim, self.abacus_max))
+            with torch.no_grad():
+                self.abacus.weight.zero_()
+                self.abacus.weight[1:] = q.T * self.abacus_fixed
+        elif self.abacus_max:
             nn.init.normal_(self.abacus.weight, std=std)
             with torch.no_grad():
                 self.abacus.weight[0].zero_()
