@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonloop.algorithms.dpo import preference_pairs
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import batches
+from reasonloop.algorithms.fit import fit
 from reasonloop.config import TrainConfig
 from reasonloop.evaluator.reward_model import SCORE_CHUNK, OutcomeRewardModel
 from reasonloop.types import Judgement, PreferencePair, Task, Trace
@@ -149,31 +148,15 @@ def train_bt(
     if pairs:
         chosen = rm.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
         rejected = rm.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
-        total = cfg.steps or math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
-        opt = adamw(rm.module, cfg)
-        rng = random.Random(seed)
-        was_training = rm.module.training
-        rm.module.train()
-        try:
-            lengths = [len(c) + len(r) for (c, _), (r, _) in zip(chosen, rejected, strict=True)]
-            for step, idx in enumerate(
-                batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
-            ):
-                set_lr(opt, lr_at(step, total, cfg))
-                # One forward over chosen and rejected together: both see the same weights.
-                logits = rm.logits([chosen[i] for i in idx] + [rejected[i] for i in idx])
-                loss = bt_loss(logits[: len(idx)], logits[len(idx) :], margin)
-                loss.backward()
-                clip_and_step(opt, cfg)
-                value = float(loss.detach())
-                info["losses"].append(value)
-                if on_step is not None:
-                    on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
-        finally:
-            rm.module.train(was_training)
-        info["steps"] = len(info["losses"])
-        info["loss_first"] = info["losses"][0]
-        info["loss_last"] = info["losses"][-1]
+
+        def batch_loss(idx: list[int]) -> torch.Tensor:
+            # One forward over chosen and rejected together: both see the same weights.
+            logits = rm.logits([chosen[i] for i in idx] + [rejected[i] for i in idx])
+            return bt_loss(logits[: len(idx)], logits[len(idx) :], margin)
+
+        lengths = [len(c) + len(r) for (c, _), (r, _) in zip(chosen, rejected, strict=True)]
+        trained = fit(rm.module, cfg, lengths, seed, batch_loss, on_step)
+        info |= {k: trained[k] for k in ("steps", "losses", "loss_first", "loss_last")}
         rc = rm.rewards([p.prompt for p in pairs], [p.chosen for p in pairs])
         rr = rm.rewards([p.prompt for p in pairs], [p.rejected for p in pairs])
         info["pair_accuracy"] = sum(a > b for a, b in zip(rc, rr, strict=True)) / len(pairs)

@@ -22,9 +22,6 @@ keeps a redone train phase identical without another checkpoint file.
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from reasonloop.algorithms.dense_reward import step_end_tokens
+from reasonloop.algorithms.fit import fit
 from reasonloop.algorithms.logprobs import frozen_token_logps, token_logps
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import batches, encode_example
+from reasonloop.algorithms.sft import encode_example
 from reasonloop.config import TrainConfig
 from reasonloop.models.base import LanguageModel
 from reasonloop.types import SFTExample
@@ -165,34 +162,13 @@ def train_implicit_reward(
     pos_weight = (len(ys) - n_pos) / n_pos if balance and 0 < n_pos < len(ys) else 1.0
     info["pos_weight"] = pos_weight
     ref = frozen_token_logps(irm.reference, seqs)
-    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
-    opt = adamw(irm.module, cfg)
-    rng = random.Random(seed)
-    was_training = irm.module.training
-    irm.module.train()
-    start = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            lengths = [len(s) for s, _ in seqs]
-            for step, idx in enumerate(
-                batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
-            ):
-                set_lr(opt, lr_at(step, total, cfg))
-                logps, mask = token_logps(irm.policy, [seqs[i] for i in idx])
-                ref_b = torch.zeros_like(logps)
-                ref_b[mask.bool()] = torch.cat([ref[i] for i in idx]).to(logps.device)
-                target = torch.tensor([ys[i] for i in idx], device=logps.device)
-                loss = implicit_reward_loss(logps, ref_b, mask, target, irm.beta, pos_weight)
-                loss.backward()
-                clip_and_step(opt, cfg)
-                value = float(loss.detach())
-                info["losses"].append(value)
-                if on_step is not None:
-                    on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
-    finally:
-        irm.module.train(was_training)
-    info["steps"] = len(info["losses"])
-    info["seconds"] = time.perf_counter() - start
-    info["loss_first"], info["loss_last"] = info["losses"][0], info["losses"][-1]
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        logps, mask = token_logps(irm.policy, [seqs[i] for i in idx])
+        ref_b = torch.zeros_like(logps)
+        ref_b[mask.bool()] = torch.cat([ref[i] for i in idx]).to(logps.device)
+        target = torch.tensor([ys[i] for i in idx], device=logps.device)
+        return implicit_reward_loss(logps, ref_b, mask, target, irm.beta, pos_weight)
+
+    info |= fit(irm.module, cfg, [len(s) for s, _ in seqs], seed, batch_loss, on_step)
     return info

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import batches, collate, encode_example
+from reasonloop.algorithms.fit import fit
+from reasonloop.algorithms.sft import collate, encode_example
 from reasonloop.algorithms.step_dpo import first_wrong_step
 from reasonloop.algorithms.value_head import ScalarHead
 from reasonloop.config import TrainConfig
@@ -236,36 +235,16 @@ def train_prm(
         return info
     pos_weight = (len(flat) - n_high) / n_high if balance and 0 < n_high < len(flat) else 1.0
     info["pos_weight"] = pos_weight
-    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
-    opt = adamw(prm.module, cfg)
-    rng = random.Random(seed)
-    was_training = prm.module.training
-    prm.module.train()
     device = next(prm.module.parameters()).device
-    start = time.perf_counter()
-    try:
-        lengths = [len(s) for s, _, _ in seqs]
-        for step, idx in enumerate(
-            batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
-        ):
-            set_lr(opt, lr_at(step, total, cfg))
-            logits, mask = prm.logits([seqs[i] for i in idx])
-            target = torch.zeros_like(logits)
-            for r, i in enumerate(idx):
-                target[r, : len(ys[i])] = torch.tensor(ys[i], device=device)
-            loss = prm_loss(logits, target, mask, pos_weight)
-            loss.backward()
-            clip_and_step(opt, cfg)
-            value = float(loss.detach())
-            info["losses"].append(value)
-            if on_step is not None:
-                on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
-    finally:
-        prm.module.train(was_training)
-    info["steps"] = len(info["losses"])
-    info["seconds"] = time.perf_counter() - start
-    info["loss_first"] = info["losses"][0]
-    info["loss_last"] = info["losses"][-1]
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        logits, mask = prm.logits([seqs[i] for i in idx])
+        target = torch.zeros_like(logits)
+        for r, i in enumerate(idx):
+            target[r, : len(ys[i])] = torch.tensor(ys[i], device=device)
+        return prm_loss(logits, target, mask, pos_weight)
+
+    info |= fit(prm.module, cfg, [len(s) for s, _, _ in seqs], seed, batch_loss, on_step)
     return info
 
 

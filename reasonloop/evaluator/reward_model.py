@@ -14,17 +14,14 @@ ORM can sit inside a round's checkpoint as `orm.safetensors`.
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
-from reasonloop.algorithms.sft import batches, collate, encode_example
+from reasonloop.algorithms.fit import fit
+from reasonloop.algorithms.sft import collate, encode_example
 from reasonloop.algorithms.value_head import ScalarHead
 from reasonloop.config import TrainConfig
 from reasonloop.types import SFTExample
@@ -127,34 +124,13 @@ def train_orm(
         return info
     pos_weight = (len(ys) - n_pos) / n_pos if balance and 0 < n_pos < len(ys) else 1.0
     info["pos_weight"] = pos_weight
-    total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
-    opt = adamw(orm.module, cfg)
-    rng = random.Random(seed)
-    was_training = orm.module.training
-    orm.module.train()
     device = next(orm.module.parameters()).device
-    start = time.perf_counter()
-    try:
-        lengths = [len(s) for s, _ in seqs]
-        for step, idx in enumerate(
-            batches(lengths, cfg.batch_size, total, rng, cfg.bucket_by_length)
-        ):
-            set_lr(opt, lr_at(step, total, cfg))
-            logits = orm.logits([seqs[i] for i in idx])
-            target = torch.tensor([float(ys[i]) for i in idx], device=device)
-            loss = orm_loss(logits, target, pos_weight)
-            loss.backward()
-            clip_and_step(opt, cfg)
-            value = float(loss.detach())
-            info["losses"].append(value)
-            if on_step is not None:
-                on_step({"step": step, "loss": value, "lr": lr_at(step, total, cfg)})
-    finally:
-        orm.module.train(was_training)
-    info["steps"] = len(info["losses"])
-    info["seconds"] = time.perf_counter() - start
-    info["loss_first"] = info["losses"][0]
-    info["loss_last"] = info["losses"][-1]
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        target = torch.tensor([float(ys[i]) for i in idx], device=device)
+        return orm_loss(orm.logits([seqs[i] for i in idx]), target, pos_weight)
+
+    info |= fit(orm.module, cfg, [len(s) for s, _ in seqs], seed, batch_loss, on_step)
     probs = orm.score(prompts, completions)
     info["train_accuracy"] = sum((p >= 0.5) == y for p, y in zip(probs, ys, strict=True)) / len(ys)
     return info
