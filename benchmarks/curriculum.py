@@ -36,8 +36,31 @@ from reasonloop.cli import _set as set_field  # noqa: E402
 
 PRESET = "adaptive-curriculum"
 
-TESTBED: dict = {"model": {"threads": 1}}
-"""The preset as shipped, on one thread per run (two runs share the machine's two cores)."""
+TESTBED: dict = {
+    "model": {"max_seq_len": 96, "rope_theta": float("inf"), "threads": 1},
+    "seed_train": {"steps": 1500},
+    "tasks": {
+        "family": "chain_sum",
+        "options": {"steps": True},
+        "seed_levels": [2, 3, 4],
+        "heldout_levels": [2, 3, 4, 5, 6, 7, 8],
+        "heldout_per_level": 100,
+    },
+    "creator": {"evolve": ["change_numbers", "add_term"], "dedup_threshold": None},
+    "reasoner": {"max_new_tokens": 72},
+    "postprocess": {"max_chars": 72},
+    "strategy": {"rationalize": False},
+}
+"""Chained sums written step by step (`12+7+30=` -> `19,49`), seeded on 2-4 terms, held out on
+2-8 terms; one thread per run (two runs share the machine's two cores).
+
+Why not the preset's own addition testbed: there STaR rationalises every failure with the gold
+answer, so a round learns from any level whatever its success rate and the Creator's choice of
+level matters little. Here a round learns only from what the Reasoner solved, so a level where it
+never succeeds teaches nothing, which is the premise of aiming at p(1-p). No position encoding
+(rope_theta inf) lets a term count beyond the seed's be read at all; the evolution operators that
+change the prompt's form (list form, rewording) are off, and so is dedup (a chained sum of few
+terms has few distinct prompts)."""
 
 
 def uniform(testbed: dict, levels: list[int]) -> dict:

@@ -94,6 +94,11 @@ class ModelConfig(Section):
     abacus_offset: int = Field(0, ge=0)
     """Training only: every sequence's digit indices are shifted by a random 0..abacus_offset,
     so the embeddings of indices longer than any training number are trained too."""
+    abacus_offset_per_problem: bool = False
+    """Training only, with `abacus_offset`: each problem of a sequence (a newline closes one)
+    draws its own offset instead of one per sequence. Needed by a packed seed
+    (`tasks.seed_pack`): the second problem's indices then sit up to `abacus_offset` away from
+    the first's, so learned indices meet at distances one seed problem never spans."""
     abacus_anchor: str = ""
     """One character that opens a digit run of its own (index 1), so the digits right after it
     count on from 2 ("" = off). With `=` and reversed addition, the token at which answer digit
@@ -271,6 +276,11 @@ class TasksConfig(Section):
     first masters 1-3 (docs/easy-to-hard.md)."""
     seed_first_steps: int = Field(0, ge=0)
     """Optimiser steps of the first seed stage (with `seed_first_levels`)."""
+    seed_pack: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of the seed's gold examples written after another seed problem in the same training
+    sequence (loss on the second answer only; `algorithms/seed_packing.py`). With
+    `model.abacus_offset_per_problem` the learned abacus indices then meet further apart than one
+    problem spans, which keeps them from aliasing 7-8 apart (docs/easy-to-hard.md). 0: off."""
     seed_check: float = Field(0.0, ge=0.0, le=1.0)
     """Round 0 ends with a greedy pass@1 on up to 50 training tasks of each seed level; below
     this share the seed starts over from fresh weights (init seed + 1, + 2, ...), up to

@@ -32,6 +32,7 @@ from reasonloop.algorithms.policy_gradient import (
     train_policy_gradient,
     train_ppo,
 )
+from reasonloop.algorithms.seed_packing import packed
 from reasonloop.algorithms.sft import train_sft
 from reasonloop.algorithms.step_dpo import step_pairs
 from reasonloop.algorithms.value_head import CRITIC_FILE, Critic
@@ -740,6 +741,9 @@ def _run_round(
             examples = balance_levels(examples, by_id, per_level)
             if cfg.strategy.rationalize:
                 examples = with_hinted_copies(examples, by_id, 0.5)
+            if cfg.tasks.seed_pack:
+                rng = random.Random(phase_seed(cfg.seed, r, "process") + 1)
+                examples = packed(examples, cfg.tasks.seed_pack, rng)
         # The generative verifier learns to judge from the same training set (one model).
         seed_p = phase_seed(cfg.seed, r, "process")
         verify = verifier_examples(cfg, family, by_id, rnd.traces, rnd.judgements, r, seed_p)

@@ -238,6 +238,7 @@ class TinyTransformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
         self.nope = math.isinf(cfg.rope_theta)
         self.abacus_max, self.abacus_offset = cfg.abacus, cfg.abacus_offset
+        self.abacus_per_problem = cfg.abacus_offset_per_problem
         self.abacus_anchor = (
             CharTokenizer().encode(cfg.abacus_anchor)[0] if cfg.abacus_anchor else -1
         )
@@ -301,7 +302,7 @@ class TinyTransformer(nn.Module):
         a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`."""
         x = self.embed(ids)
         if self.abacus_max:
-            x = x + self.abacus(self.abacus_index(digit_runs(ids, self.abacus_anchor)))
+            x = x + self.abacus(self.abacus_index(digit_runs(ids, self.abacus_anchor), ids))
         rope = None
         if not self.nope:
             T = ids.shape[1]
@@ -316,20 +317,25 @@ class TinyTransformer(nn.Module):
             x = x[:, -1]
         return F.rms_norm(x, (self.dim,), self.norm, RMS_EPS)
 
-    def abacus_index(self, runs: torch.Tensor) -> torch.Tensor:
-        """Digit-run indices -> abacus embedding rows; in training, shifted per sequence."""
+    def abacus_index(self, runs: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Digit-run indices -> abacus embedding rows; in training, shifted per sequence (per
+        problem of the sequence `ids` with `abacus_offset_per_problem`)."""
         if self.training and self.abacus_offset:
             # Under torchrun a rank holds some rows of a global batch: it draws for all of them
             # and keeps its own, so each row is shifted as a single process would shift it.
             n, rows = distributed.global_rows(runs.shape[0])
-            shift = torch.randint(
-                0,
-                self.abacus_offset + 1,
-                (n,) + (1,) * (runs.dim() - 1),
-                device=runs.device,
-            )
+            per_problem = self.abacus_per_problem and ids is not None
+            # Per problem: one draw for every possible problem (at most max_seq_len), so the
+            # number of draws, and with it the RNG stream, does not depend on the batch.
+            shape = (n, self.max_seq_len) if per_problem else (n,) + (1,) * (runs.dim() - 1)
+            shift = torch.randint(0, self.abacus_offset + 1, shape, device=runs.device)
             if rows is not None:
                 shift = shift[rows]
+            if per_problem:
+                assert ids is not None
+                newline = (ids == NEWLINE_ID).long()
+                problem = newline.cumsum(-1) - newline  # a newline closes its own problem
+                shift = shift.gather(1, problem.clamp(max=self.max_seq_len - 1))
             runs = torch.where(runs > 0, runs + shift, 0)
         return runs.clamp(max=self.abacus_max)
 
