@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import at_budget, run_one  # noqa: E402
+from methods import at_budget, finish_plot, run_one  # noqa: E402
 
 from reasonloop.cli import _set as set_field  # noqa: E402
 
@@ -179,13 +179,8 @@ def main() -> None:
                 alpha=0.8,
                 label=name if i == 0 else None,
             )
-    ax.axvline(args.budget, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("training CPU seconds after the seed (held-out evaluation excluded)")
-    ax.set_ylabel("held-out pass@1 (%)")
-    ax.set_title(f"{PRESET}: adaptive vs uniform levels, {len(args.seeds)} seed(s)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curriculum.png", dpi=110)
+    title = f"{PRESET}: adaptive vs uniform levels, {len(args.seeds)} seed(s)"
+    finish_plot(fig, ax, args.budget, title, out / "curriculum.png")
     print(f"\n{out / 'curriculum.json'}, {out / 'curriculum.png'}")
 
 
