@@ -1168,7 +1168,7 @@ class RunConfig(Section):
 # --- loading: presets, YAML files, overrides ----------------------------------------------
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-DEFAULT_PRESET = "easy-to-hard"
+DEFAULT_PRESET = "easy-to-hard-packed"
 
 
 class ConfigError(ValueError):
@@ -1236,7 +1236,7 @@ def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Preset (default easy-to-hard, unless a file is given) < config file < overrides."""
+    """Preset (default easy-to-hard-packed, unless a file is given) < config file < overrides."""
     data: dict[str, Any] = {}
     sources = []
     if preset is None and path is None:

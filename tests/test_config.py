@@ -18,7 +18,7 @@ def test_every_preset_validates():
 
 def test_default_is_easy_to_hard_and_label_free():
     cfg = load_config()
-    assert cfg.preset == "easy-to-hard"
+    assert cfg.preset == "easy-to-hard-packed" and cfg.tasks.seed_pack > 0
     assert cfg.evaluator.kind == "consensus" and not cfg.strategy.rationalize
     assert not cfg.uses_gold_after_seed
 
