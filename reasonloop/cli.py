@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) a self-improvement run")
-    r.add_argument("--preset", help="a preset name (`reasonloop presets`); default easy-to-hard-packed")
+    r.add_argument(
+        "--preset", help="a preset name (`reasonloop presets`); default easy-to-hard-packed"
+    )
     r.add_argument("--config", help="a YAML config file (may name a `preset:` to start from)")
     r.add_argument(
         "--out", help="run directory (default runs/PRESET-sSEED); rerun the same command to resume"
