@@ -289,6 +289,14 @@ class TasksConfig(Section):
     `model.path` starts over from the same weights, so restarts help models built from a config."""
     seed_restarts: int = Field(0, ge=0)
     """How many times `seed_check` may start the seed over."""
+    seed_stall_steps: int = Field(0, ge=0)
+    """With `seed_restarts`: at this step a seed attempt whose training loss has not left its
+    early plateau stops and starts over at once, instead of training to the end and then
+    missing `seed_check` (`loop/seed_stall.py`: the mean loss of the last quarter of these
+    steps is not `seed_stall_drop` below that of the second quarter). The last attempt always
+    trains to the end. Off under torchrun. 0: off."""
+    seed_stall_drop: float = Field(0.2, gt=0.0, lt=1.0)
+    """The share by which the loss must have fallen at `seed_stall_steps`."""
     heldout_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     """Levels of the held-out set, evaluated every round and never trained on."""
     heldout_per_level: int = Field(100, gt=0)
@@ -302,6 +310,15 @@ class TasksConfig(Section):
             raise ValueError(
                 f"seed_first_levels {self.seed_first_levels} must be among seed_levels "
                 f"{self.seed_levels}; not: {extra}"
+            )
+        if self.seed_stall_steps and not self.seed_restarts:
+            raise ValueError(
+                f"seed_stall_steps ({self.seed_stall_steps}) needs seed_restarts > 0: a stalled "
+                "seed starts over, and without restarts it cannot"
+            )
+        if 0 < self.seed_stall_steps < 4:
+            raise ValueError(
+                f"seed_stall_steps must be 0 (off) or at least 4, got {self.seed_stall_steps}"
             )
         if self.seed_restarts and not self.seed_check:
             raise ValueError(

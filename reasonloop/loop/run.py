@@ -44,7 +44,7 @@ from reasonloop.evaluator.generative_verifier import GenerativeVerifier, judge_g
 from reasonloop.evaluator.gold import judge_gold
 from reasonloop.evaluator.process_reward_model import PRM_FILE
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, train_orm
-from reasonloop.loop import correction, faults, process_reward
+from reasonloop.loop import correction, faults, process_reward, seed_stall
 from reasonloop.loop.cluster import open_rollouts
 from reasonloop.loop.creation import (  # the creator's optional stages (self-play, checks)
     evolve_client,
@@ -526,7 +526,15 @@ def _mark(rd: RunDir, manifest: dict, r: int, phase: str, info: dict[str, Any]) 
 
 
 # Figures of a train phase kept as they are in the manifest and in summary.json.
-TRAIN_FIGURES = ("reward_mean", "groups", "groups_kept", "rl_inputs", "seed_checks", "stage_steps")
+TRAIN_FIGURES = (
+    "reward_mean",
+    "groups",
+    "groups_kept",
+    "rl_inputs",
+    "seed_checks",
+    "seed_stalled",
+    "stage_steps",
+)
 
 
 def _run_round(
@@ -819,7 +827,10 @@ def _run_round(
         # Epoch-based phases learn their step count from the data (None: a bar without a total).
         total = _seed_steps(cfg, tcfg) if r == 0 else tcfg.steps
         with bar(f"round {r} train", total, "step") as pb:
-            stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
+            if r == 0:
+                stats = _seed_attempt(cfg, rd, rnd, by_id, model, tcfg, _step_tick(pb), log, 0)
+            else:
+                stats = _train(cfg, rd, r, rnd, by_id, model, tcfg, _step_tick(pb))
         if r == 0 and cfg.tasks.seed_check:
             stats = _check_seed(cfg, rd, rnd, by_id, family, model, tcfg, stats, bar, log)
         critic = stats.pop("critic", None)  # PPO's, when it carries over to the next round
@@ -1200,13 +1211,17 @@ def _check_seed(
     checks = [evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"]]
     best_state: dict[str, torch.Tensor] | None = None
     best_stats = stats
+    stalled = [0] if stats.get("stalled") else []
     for attempt in range(1, cfg.tasks.seed_restarts + 1):
-        if checks[-1] >= cfg.tasks.seed_check:
+        if checks[-1] >= cfg.tasks.seed_check and not stats.get("stalled"):
             break
-        log(
-            f"seed pass@1 on its training tasks {checks[-1]:.2f} < seed_check "
-            f"{cfg.tasks.seed_check}: starting over from init seed {cfg.seed + attempt}"
+        why = (
+            f"stopped at step {stats['steps']} on its loss plateau"
+            if stats.get("stalled")
+            else f"pass@1 on its training tasks {checks[-1]:.2f} < seed_check "
+            f"{cfg.tasks.seed_check}"
         )
+        log(f"seed {why}: starting over from init seed {cfg.seed + attempt}")
         if checks[-1] >= max(checks[:-1], default=-1.0):  # the best so far: keep it
             best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
             best_stats = stats
@@ -1214,8 +1229,10 @@ def _check_seed(
         distributed.send_order(("train", 0))  # under torchrun the other ranks train again too
         distributed.broadcast_module(model.module)
         with bar("round 0 train, again", _seed_steps(cfg, tcfg), "step") as pb:
-            stats = _train(cfg, rd, 0, rnd, by_id, model, tcfg, _step_tick(pb))
+            stats = _seed_attempt(cfg, rd, rnd, by_id, model, tcfg, _step_tick(pb), log, attempt)
         checks.append(evaluate(model, family, probe, cfg.reasoner.max_new_tokens)["pass@1"])
+        if stats.get("stalled"):
+            stalled.append(attempt)
     if best_state is not None and max(checks[:-1]) > checks[-1]:
         # The other ranks need not follow: every train order starts from rank 0's weights.
         model.module.load_state_dict(best_state)
@@ -1226,7 +1243,44 @@ def _check_seed(
             f"(seed_check {cfg.tasks.seed_check}) in {len(checks)} attempt(s); the rounds start "
             "from a seed that has not learned its levels"
         )
-    return stats | {"seed_checks": checks}
+    return stats | {"seed_checks": checks} | ({"seed_stalled": stalled} if stalled else {})
+
+
+def _seed_attempt(
+    cfg: RunConfig,
+    rd: RunDir,
+    rnd: Round,
+    by_id: dict[str, Task],
+    model: LanguageModel,
+    tcfg: TrainConfig,
+    on_step,
+    log,
+    attempt: int,
+) -> dict[str, Any]:
+    """One seed attempt; with `tasks.seed_stall_steps` and a restart left, an attempt still on
+    its loss plateau at that step stops there (`stalled` in its stats) and the caller starts
+    over. Under torchrun the other ranks train the whole attempt in step, so no early stop."""
+    at = cfg.tasks.seed_stall_steps
+    total = _seed_steps(cfg, tcfg)
+    if (
+        not at
+        or attempt >= cfg.tasks.seed_restarts
+        or (total is not None and at >= total)
+        or distributed.active()
+    ):
+        return _train(cfg, rd, 0, rnd, by_id, model, tcfg, on_step)
+    watched, _ = seed_stall.watch(on_step, at, cfg.tasks.seed_stall_drop)
+    try:
+        return _train(cfg, rd, 0, rnd, by_id, model, tcfg, watched)
+    except seed_stall.SeedStalled as e:
+        log(f"seed attempt {attempt + 1}: {e} ({cfg.tasks.seed_stall_drop:.0%})")
+        return {
+            "steps": e.step,
+            "losses": e.losses,
+            "examples": len(rnd.examples),
+            "tokens": 0,
+            "stalled": True,
+        }
 
 
 def _seed_steps(cfg: RunConfig, tcfg: TrainConfig) -> int | None:
