@@ -1269,7 +1269,7 @@ def _seed_attempt(
         or distributed.active()
     ):
         return _train(cfg, rd, 0, rnd, by_id, model, tcfg, on_step)
-    watched, _ = seed_stall.watch(on_step, at, cfg.tasks.seed_stall_drop)
+    watched = seed_stall.watch(on_step, at, cfg.tasks.seed_stall_drop)
     try:
         return _train(cfg, rd, 0, rnd, by_id, model, tcfg, watched)
     except seed_stall.SeedStalled as e:

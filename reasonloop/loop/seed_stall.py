@@ -42,11 +42,8 @@ def stalled(losses: list[float], at: int, drop: float) -> bool:
     return now > (1.0 - drop) * before
 
 
-def watch(
-    on_step: Callable[[dict], None], at: int, drop: float
-) -> tuple[Callable[[dict], None], list[float]]:
-    """Wrap a training step callback: at step `at` raise `SeedStalled` when `stalled`. Returns
-    the wrapped callback and the list it records the losses in."""
+def watch(on_step: Callable[[dict], None], at: int, drop: float) -> Callable[[dict], None]:
+    """Wrap a training step callback: at step `at` raise `SeedStalled` when `stalled`."""
     losses: list[float] = []
 
     def step(s: dict) -> None:
@@ -56,4 +53,4 @@ def watch(
             before, now = plateau(losses, at)
             raise SeedStalled(at, list(losses), before, now)
 
-    return step, losses
+    return step
