@@ -148,6 +148,26 @@ def test_logprobs_agree_with_forward_and_with_generate():
             assert min(abs(c.logprob - x) for x in candidates) < 1e-3
 
 
+def test_sampled_token_logprobs_are_those_training_scores():
+    """A completion that stopped at a newline carries, token by token, the forward pass's
+    log-probs of text + "\n" (what `sft.encode_example` trains on); eos stops and cut ones carry
+    none, as on the tiny backend."""
+    model = _model()
+    prompts = [f"{a}{b}+" for a in range(10) for b in range(4)]
+    s = Sampling(temperature=1.0, max_new_tokens=8, seed=0)
+    out = [c for cs in model.generate(prompts, 4, s) for c in cs]
+    rows = [p for p in prompts for _ in range(4)]
+    per_token = [(p, c) for p, c in zip(rows, out, strict=True) if c.token_logprobs is not None]
+    others = [c for c in out if c.token_logprobs is None]
+    assert len(per_token) >= 5 and others  # random weights: eos stops and cut rows too
+    assert all(not c.stopped or c.n_tokens == len(c.text) + 1 for c in others)
+    scores = model.logprobs([p for p, _ in per_token], [c.text + "\n" for _, c in per_token])
+    for (_, c), lp in zip(per_token, scores, strict=True):
+        assert c.stopped and len(c.token_logprobs) == c.n_tokens == len(c.text) + 1
+        assert sum(c.token_logprobs) == pytest.approx(c.logprob, abs=1e-5)
+        torch.testing.assert_close(torch.tensor(c.token_logprobs), lp, atol=1e-4, rtol=0)
+
+
 def _sequence_logprob(model: HFModel, prompt: str, ids: list[int]) -> float:
     pid = model.encode_prompt(prompt)
     full = torch.tensor([pid + ids])
