@@ -9,6 +9,8 @@ computing finished rows until the last one stops, ours drops them; it counts the
 row generated up to its stop (random weights: about 2% of samples are a stop character).
 Greedy and sampled (temperature 1) are timed; each number is the best of `reps` runs, ours and
 HF interleaved after a warm-up, because the machine is shared and noise only makes runs slower.
+Every row runs twice: both sides in float32, then both in bf16 (ours with
+`model.decode_dtype: bfloat16`, HF loaded in bf16); %peak is of that dtype's matmul peak.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def best_times(fns: list, reps: int) -> list[tuple[float, object]]:
     return list(zip(best, results, strict=True))
 
 
-def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float) -> None:
+def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: dict[str, float]) -> None:
     from transformers import LlamaForCausalLM
 
     model = TinyModel.create(cfg, seed=0)
@@ -66,7 +68,15 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
         model.export_hf(d)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf = LlamaForCausalLM.from_pretrained(d).eval()
+            hfs = {
+                "float32": LlamaForCausalLM.from_pretrained(d).eval(),
+                "bfloat16": LlamaForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval(),
+            }
+    # The same weights, decoded in bf16 (`model.decode_dtype`).
+    models = {
+        "float32": model,
+        "bfloat16": TinyModel(cfg.model_copy(update={"decode_dtype": "bfloat16"}), model.module),
+    }
 
     prompts = make_prompts(batch)
     encoded = [[BOS_ID, *model.tokenizer.encode(p)] for p in prompts]
@@ -77,7 +87,7 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
         ids[i, P - len(e) :] = torch.tensor(e)
         mask[i, P - len(e) :] = 1
 
-    def ours(temperature: float, stop_at_newline: bool = False, compact: bool = False):
+    def ours(dtype: str, temperature: float, stop_at_newline: bool = False, compact: bool = False):
         s = Sampling(
             temperature, max_new_tokens=new_tokens, stop_at_newline=stop_at_newline, seed=1
         )
@@ -87,13 +97,13 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
             # so that both sides do exactly the same work.
             tiny.COMPACT_BELOW = COMPACT_BELOW if compact else 0.0
             try:
-                return model.generate(prompts, 1, s)
+                return models[dtype].generate(prompts, 1, s)
             finally:
                 tiny.COMPACT_BELOW = COMPACT_BELOW
 
         return run
 
-    def theirs(sample: bool, stop: bool = False):
+    def theirs(dtype: str, sample: bool, stop: bool = False):
         kw = (
             {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
             if sample
@@ -103,7 +113,7 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
             kw["eos_token_id"] = [EOS_ID, NEWLINE_ID]
         else:
             kw["min_new_tokens"] = new_tokens
-        return lambda: hf.generate(
+        return lambda: hfs[dtype].generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=PAD_ID, **kw
         )
 
@@ -127,29 +137,48 @@ def bench(cfg: ModelConfig, batch: int, new_tokens: int, reps: int, peak: float)
         f"(+ embedding); batch {batch}, prompts {min(map(len, encoded))}..{P} tokens, {new_tokens} new tokens"
     )
     print(
-        f"{'decoding':<28}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}{'ours %peak':>12}{'HF %peak':>10}"
+        f"{'decoding (both sides in the dtype)':<42}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}"
+        f"{'ours %peak':>12}{'HF %peak':>10}"
     )
+    greedy_text = {}
     with torch.inference_mode():
-        for name, a, b in (
-            ("greedy, full length", ours(0.0), theirs(False)),
-            ("sampled, full length", ours(1.0), theirs(True)),
-            ("sampled, stop at eos or \\n", ours(1.0, True, True), theirs(True, True)),
-        ):
+        rows = [
+            (d, f"{d}: {name}", a, b)
+            for d in ("float32", "bfloat16")
+            for name, a, b in (
+                ("greedy, full length", ours(d, 0.0), theirs(d, False)),
+                ("sampled, full length", ours(d, 1.0), theirs(d, True)),
+                ("sampled, stop at eos or \\n", ours(d, 1.0, True, True), theirs(d, True, True)),
+            )
+        ]
+        for dt, name, a, b in rows:
             (t_ours, out_ours), (t_hf, out_hf) = best_times([a, b], reps)
             if "full" in name:
                 assert max(c[0].n_tokens for c in out_ours) == new_tokens
                 assert out_hf.shape[1] == P + new_tokens
                 n_ours = n_hf = batch * new_tokens
-                share = f"{100 * flops / t_ours / 1e9 / peak:>11.1f}%{100 * flops / t_hf / 1e9 / peak:>9.1f}%"
+                p = peak[dt]
+                share = (
+                    f"{100 * flops / t_ours / 1e9 / p:>11.1f}%{100 * flops / t_hf / 1e9 / p:>9.1f}%"
+                )
             else:  # useful tokens: each row up to its stop
                 n_ours, n_hf = sum(c[0].n_tokens for c in out_ours), hf_tokens(out_hf)
                 share = f"{'-':>12}{'-':>10}"
             ratio = (n_ours / t_ours) / (n_hf / t_hf)
-            print(f"{name:<28}{n_ours / t_ours:>12.0f}{n_hf / t_hf:>12.0f}{ratio:>7.2f}x{share}")
-            if name.startswith("greedy"):
+            print(f"{name:<42}{n_ours / t_ours:>12.0f}{n_hf / t_hf:>12.0f}{ratio:>7.2f}x{share}")
+            if "greedy" in name:
                 hf_text = [model.tokenizer.decode(row[P:].tolist()) for row in out_hf]
-                same = sum(c[0].text == t for c, t in zip(out_ours, hf_text, strict=True))
-                print(f"{'':<28}greedy outputs identical to HF: {same}/{batch}")
+                greedy_text[dt, "ours"] = [c[0].text for c in out_ours]
+                greedy_text[dt, "HF"] = hf_text
+    # Random weights put many near-ties among the logits: bf16 rounding flips some of them.
+    for a, b in (
+        (("float32", "ours"), ("float32", "HF")),
+        (("bfloat16", "ours"), ("bfloat16", "HF")),
+        (("bfloat16", "ours"), ("float32", "ours")),
+        (("bfloat16", "HF"), ("float32", "HF")),
+    ):
+        same = sum(x == y for x, y in zip(greedy_text[a], greedy_text[b], strict=True))
+        print(f"greedy outputs, {' '.join(a)} = {' '.join(b)}: {same}/{batch}")
 
 
 def main() -> None:
@@ -162,9 +191,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = matmul_peak_gflops(args.threads)
+    peak = {
+        dt: matmul_peak_gflops(args.threads, dtype=getattr(torch, dt))
+        for dt in ("float32", "bfloat16")
+    }
     print(
-        f"torch threads {args.threads}; fp32 matmul peak {peak:.1f} GFLOP/s (shared machine: noisy)"
+        f"torch threads {args.threads}; matmul peak: fp32 {peak['float32']:.1f} GFLOP/s, "
+        f"bf16 {peak['bfloat16']:.1f} GFLOP/s (shared machine: noisy); %peak is of the row's dtype"
     )
     for cfg in (ModelConfig(dim=256, n_layers=4, n_heads=4), ModelConfig()):
         bench(cfg, args.batch, args.new_tokens, args.reps, peak)

@@ -1,4 +1,5 @@
-"""The machine's fp32 matmul peak: the yardstick for "share of peak" in the other benchmarks.
+"""The machine's fp32 (and bf16) matmul peak: the yardstick for "share of peak" in the other
+benchmarks.
 
 python benchmarks/matmul_peak.py [threads]
 """
@@ -11,16 +12,23 @@ import time
 import torch
 
 
-def matmul_peak_gflops(threads: int, size: int = 1536, reps: int = 5, rounds: int = 3) -> float:
-    """Best fp32 GFLOP/s of a square `size` matmul over a few rounds, with `threads` torch threads.
+def matmul_peak_gflops(
+    threads: int,
+    size: int = 1536,
+    reps: int = 5,
+    rounds: int = 3,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Best GFLOP/s of a square `size` matmul in `dtype` over a few rounds, with `threads` torch
+    threads.
 
     The best round, not the mean: the machine is shared, and the peak is what the hardware can
     do when nobody else is using it."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        c = torch.empty(size, size)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        c = torch.empty(size, size, dtype=dtype)
         torch.mm(a, b, out=c)
         best = float("inf")
         for _ in range(rounds):
@@ -36,3 +44,5 @@ def matmul_peak_gflops(threads: int, size: int = 1536, reps: int = 5, rounds: in
 if __name__ == "__main__":
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     print(f"fp32 matmul peak, {threads} threads: {matmul_peak_gflops(threads):.1f} GFLOP/s")
+    bf16 = matmul_peak_gflops(threads, dtype=torch.bfloat16)
+    print(f"bf16 matmul peak, {threads} threads: {bf16:.1f} GFLOP/s")

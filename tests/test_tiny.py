@@ -203,6 +203,24 @@ def test_finished_rows_leave_the_batch_without_changing_results(monkeypatch):
         assert pair[1].logprob == pytest.approx(alone.logprob, abs=1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_prefill_in_length_chunks_changes_nothing(monkeypatch, n):
+    """Prompts sorted by length are prefilled in chunks, each cut to its own longest prompt:
+    the same completions as one chunk padded to the longest of all."""
+    model = _model()
+    rng = random.Random(0)
+    prompts = ["".join(rng.choices("0123456789+=", k=rng.randint(1, 30))) for _ in range(40)]
+    s = replace(GREEDY, max_new_tokens=10)
+    monkeypatch.setattr(tiny, "PREFILL_CHUNK_ROWS", 5)
+    assert len(tiny._prefill_chunks(sorted(len(p) for p in prompts))) == 8
+    chunked = model.generate(prompts, n, s)
+    monkeypatch.setattr(tiny, "PREFILL_CHUNK_ROWS", 1000)
+    whole = model.generate(prompts, n, s)
+    for a, b in zip(chunked, whole, strict=True):
+        assert [(c.text, c.n_tokens) for c in a] == [(c.text, c.n_tokens) for c in b]
+        assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-4)
+
+
 def test_stops_at_newline_unless_told_not_to(copier):
     (out,) = copier.generate(["bead="], 1, Sampling(temperature=0, max_new_tokens=10))[0]
     assert (out.text, out.n_tokens) == ("bead", 5)

@@ -160,6 +160,11 @@ class HFModel:
         LoRA's adapters are drawn from the seed too)."""
         if cfg.backend != "hf":
             raise ValueError(f"model.backend is {cfg.backend!r}; HFModel needs 'hf'")
+        if cfg.decode_dtype != "float32":
+            raise ValueError(
+                f"model.decode_dtype is {cfg.decode_dtype!r}, a tiny-backend option; the hf "
+                "backend generates in model.dtype"
+            )
         if cfg.path is not None and cfg.hf_config is not None:
             raise ValueError("model.path and model.hf_config are exclusive: load one or build one")
         if cfg.path is not None:

@@ -11,12 +11,16 @@ equivalent, so such a model does not export.
 Generation decodes every prompt x sample in one batch: prompts are left-padded, each row carries
 its own positions, each prompt is prefilled once for its n samples, the KV cache is allocated
 once and written in place, sampling runs on tensors, and every few steps the rows that have
-stopped are dropped from the batch (or the loop ends when none is left).
+stopped are dropped from the batch (or the loop ends when none is left). On CPU a decode step
+runs through fused C kernels (`decode_kernels.py`) and weights packed once per call; with
+`decode_dtype: bfloat16` it decodes a bf16 copy of the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -24,6 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,7 @@ from torch import nn
 from reasonloop import distributed
 from reasonloop.config import ModelConfig
 from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
+from reasonloop.models.decode_kernels import SUFFIX, Kernels, kernels, packed_linear
 from reasonloop.models.tokenizer import (
     BOS_ID,
     CHARS,
@@ -54,6 +60,8 @@ CONFIG_FILE = "config.json"
 FORMAT = "reasonloop-tiny"
 STOP_CHECK_EVERY = 8
 """Decode steps between "have all rows stopped?" checks (each one is a host sync)."""
+PREFILL_CHUNK_ROWS = 64
+"""Rows per prefill chunk (`_prefill_chunks`)."""
 COMPACT_BELOW = 0.75
 """At a check, drop finished rows from the batch once no more than this share is still going."""
 MAX_BATCH_ROWS = 512
@@ -137,6 +145,19 @@ def decode_attention(
     return out
 
 
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Fused(NamedTuple):
+    """What a decode step needs to run its layers with the fused kernels
+    (`decode_kernels.py`): the kernels, and each layer's wqkv, wo, w_gate_up and w_down and the
+    lm_head as `decode_kernels.packed_linear`s, packed once per `generate` call."""
+
+    kern: Kernels
+    layers: list[tuple[Linear, Linear, Linear, Linear]]
+    lm_head: Linear
+
+
 class Block(nn.Module):
     """Pre-norm attention + SwiGLU block.
 
@@ -213,6 +234,42 @@ class Block(nn.Module):
             bias[: t + 1],
         )
         return self._ffn(x + self.wo(a.view(B, D)))
+
+    def fused_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        t: int,
+        bias: torch.Tensor,
+        kern: Kernels,
+        linears: tuple[Linear, Linear, Linear, Linear],
+    ) -> torch.Tensor:
+        """`step` with the fused kernels: x [B, D] is the float32 residual stream, to which
+        the previous layer's output y (None for the first layer) is added here, in place; returns
+        this layer's output, still to be added. rope (cos, sin) [B, hd] float32; bias [>t, B*H]
+        float32; `linears` apply wqkv, wo, w_gate_up and w_down (`Fused`). Matrices and the
+        cache are in the weights' dtype."""
+        wqkv, wo, w_gate_up, w_down = linears
+        B, D = x.shape
+        H, hd = self.n_heads, self.head_dim
+        dt = self.wqkv.weight.dtype
+        h = torch.empty(B, D, dtype=dt)
+        kern.add_rms_norm(x, y, self.attn_norm.float(), h, RMS_EPS)
+        qkv = wqkv(h)
+        q = torch.empty(B * H, hd, dtype=dt)
+        k_cache, v_cache = cache
+        kern.rope_cache(qkv.view(B, 3, H, hd), rope, q, k_cache[t], v_cache[t])
+        k, v = k_cache[: t + 1].view(t + 1, B * H, hd), v_cache[: t + 1].view(t + 1, B * H, hd)
+        a = kern.attention(q, k, v, bias[: t + 1])
+        if a is None:  # a size the kernel does not take
+            a = decode_attention(q, k, v, bias[: t + 1].to(dt))
+        kern.add_rms_norm(x, wo(a.view(B, D)), self.ffn_norm.float(), h, RMS_EPS)
+        gate_up = w_gate_up(h)
+        act = torch.empty(B, gate_up.shape[1] // 2, dtype=dt)
+        kern.silu_mul(gate_up, act)
+        return w_down(act)
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         h = F.rms_norm(x, (x.shape[-1],), self.ffn_norm, RMS_EPS)
@@ -347,12 +404,25 @@ class TinyTransformer(nn.Module):
         t: int,
         bias: torch.Tensor,
         runs: torch.Tensor | None = None,
+        fused: Fused | None = None,
     ) -> torch.Tensor:
         """Logits [B, V] after feeding token tok [B] at rope positions [B] and cache slot t;
-        `runs` [B] is tok's index within its digit run (abacus models only)."""
+        `runs` [B] is tok's index within its digit run (abacus models only). With `fused`, the
+        layers run `Block.fused_step` (bias then float32), otherwise `Block.step`."""
         x = self.embed(tok)
         if self.abacus_max and runs is not None:
             x = x + self.abacus(self.abacus_index(runs))
+        if fused is not None:
+            x = x.float()  # the residual stream stays float32 whatever the weights' dtype
+            rope = None
+            if not self.nope:
+                rope = self.rope_cos[positions].float(), self.rope_sin[positions].float()
+            y = None
+            for layer, cache, linears in zip(self.layers, caches, fused.layers, strict=True):
+                y = layer.fused_step(x, y, rope, cache, t, bias, fused.kern, linears)
+            h = torch.empty_like(x, dtype=self.lm_head.weight.dtype)
+            fused.kern.add_rms_norm(x, y, self.norm.float(), h, RMS_EPS)
+            return fused.lm_head(h)
         rope = None
         if not self.nope:
             rope = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]
@@ -412,7 +482,10 @@ class TinyModel:
         if cfg.backend != "tiny":
             raise ValueError(f"model.backend is {cfg.backend!r}; TinyModel needs 'tiny'")
         if cfg.dtype != "float32":
-            raise ValueError(f"model.dtype is {cfg.dtype!r}; the tiny backend runs in float32 only")
+            raise ValueError(
+                f"model.dtype is {cfg.dtype!r}; the tiny backend trains in float32 only "
+                "(model.decode_dtype: bfloat16 makes it generate in bf16)"
+            )
 
     @classmethod
     def create(cls, cfg: ModelConfig, seed: int) -> TinyModel:
@@ -636,26 +709,93 @@ class TinyModel:
         per_batch = max(1, min(MAX_BATCH_ROWS, KV_CACHE_BYTES // row_bytes) // n)
         was_training = self.module.training
         self.module.eval()
+        module = self.module
+        if self.config.decode_dtype != "float32":
+            module = copy.deepcopy(self.module).to(getattr(torch, self.config.decode_dtype))
         try:
             for b in range(0, len(order), per_batch):
                 idx = order[b : b + per_batch]
-                comps = self._decode([encoded[i] for i in idx], n, sampling, generator)
+                comps = self._decode(module, [encoded[i] for i in idx], n, sampling, generator)
                 for k, i in enumerate(idx):
                     results[i] = comps[k * n : (k + 1) * n]
         finally:
             self.module.train(was_training)
         return results
 
+    def _prefill(
+        self,
+        ids: torch.Tensor,
+        lens: list[int],
+        positions: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Run the left-padded prompts ids [B, P] through the model, writing their keys and
+        values into caches [>=P, B, H, hd] (slots 0..P-1); returns the last position's logits
+        [B, V]. Rows go in chunks of similar length (`_prefill_chunks`), each cut to its own
+        longest prompt: the slots left of the cut are padding, zeroed (never attended to, but
+        the torch-ops decode multiplies them by 0). For a bf16 decode, the float32 module runs
+        under autocast: bf16 matrix products, float32 elementwise ops (on CPU these cost more
+        in bf16 than in float32); the cache takes the keys and values in its own dtype."""
+        P = ids.shape[1]
+        autocast = (
+            torch.autocast(ids.device.type, dtype=dtype)
+            if dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        out = []
+        for r0, r1 in _prefill_chunks(lens):
+            cut = P - max(lens[r0:r1])
+            views = [(k[cut:P, r0:r1], v[cut:P, r0:r1]) for k, v in caches]
+            if cut:
+                for k, v in caches:
+                    k[:cut, r0:r1].zero_()
+                    v[:cut, r0:r1].zero_()
+            with autocast:
+                out.append(
+                    self.module(
+                        ids[r0:r1, cut:],
+                        None if positions is None else positions[r0:r1, cut:],
+                        None if mask is None else mask[r0:r1, :, cut:, cut:],
+                        views,
+                        last_only=True,
+                    )
+                )
+        return out[0] if len(out) == 1 else torch.cat(out)
+
     def _decode(
-        self, encoded: list[list[int]], n: int, sampling: Sampling, generator: torch.Generator
+        self,
+        module: TinyTransformer,
+        encoded: list[list[int]],
+        n: int,
+        sampling: Sampling,
+        generator: torch.Generator,
     ) -> list[Completion]:
-        """Completions for rows prompt-major (prompt 0's n samples first)."""
-        dev, module, cfg = self.device, self.module, self.config
+        """Completions for rows prompt-major (prompt 0's n samples first), decoded by `module`
+        (the model's own, or a copy in `decode_dtype`)."""
+        dev, cfg = self.device, self.config
+        dtype = module.lm_head.weight.dtype
         lens = [len(e) for e in encoded]
         budgets = [min(sampling.max_new_tokens, cfg.max_seq_len - L) for L in lens]
         steps = max(budgets)
         if steps <= 0:
             return [Completion("", 0, 0.0, stopped=False) for _ in range(len(encoded) * n)]
+        kern = kernels() if dev.type == "cpu" and dtype in SUFFIX else None
+        fused = None
+        if kern is not None:
+            rows = len(encoded) * n
+            fused = Fused(
+                kern,
+                [
+                    tuple(
+                        packed_linear(m.weight, rows)
+                        for m in (block.wqkv, block.wo, block.w_gate_up, block.w_down)
+                    )
+                    for block in module.layers
+                ],
+                packed_linear(module.lm_head.weight, rows),
+            )
         B0, B, P = len(encoded), len(encoded) * n, max(lens)
         ids = torch.full((B0, P), PAD_ID, dtype=torch.long)
         for i, e in enumerate(encoded):
@@ -664,7 +804,10 @@ class TinyModel:
         H, hd = cfg.n_heads, cfg.dim // cfg.n_heads
         L = P + steps - 1  # the last sampled token is never fed back
         caches = [
-            (torch.empty(L, B, H, hd, device=dev), torch.empty(L, B, H, hd, device=dev))
+            (
+                torch.empty(L, B, H, hd, dtype=dtype, device=dev),
+                torch.empty(L, B, H, hd, dtype=dtype, device=dev),
+            )
             for _ in module.layers
         ]
         lens_t = torch.tensor(lens, device=dev)
@@ -676,20 +819,23 @@ class TinyModel:
 
         # Prefill each distinct prompt once, then fan its cache out to its n samples.
         if n == 1:
-            logits = module(ids, positions, prefill_mask, caches, last_only=True)
+            logits = self._prefill(ids, lens, positions, prefill_mask, caches, dtype)
         else:
             small = [
-                (torch.empty(P, B0, H, hd, device=dev), torch.empty(P, B0, H, hd, device=dev))
+                (
+                    torch.empty(P, B0, H, hd, dtype=dtype, device=dev),
+                    torch.empty(P, B0, H, hd, dtype=dtype, device=dev),
+                )
                 for _ in module.layers
             ]
-            logits = module(ids, positions, prefill_mask, small, last_only=True)
+            logits = self._prefill(ids, lens, positions, prefill_mask, small, dtype)
             for big, sm in zip(caches, small, strict=True):
                 for c, c_small in zip(big, sm, strict=True):
                     c.view(L, B0, n, H, hd)[:P] = c_small[:, :, None]
             logits = logits.repeat_interleave(n, 0)
 
         # Additive attention bias [slot, row x head]: -inf on the left padding, 0 elsewhere.
-        bias = torch.zeros(L, B, device=dev)
+        bias = torch.zeros(L, B, device=dev, dtype=torch.float32 if fused else dtype)
         bias[:P].masked_fill_(~key_ok.repeat_interleave(n, 0).T, -math.inf)
         bias = bias.repeat_interleave(H, 1)
         next_pos = lens_t.repeat_interleave(n, 0)  # rope position of the token sampled at step 0
@@ -740,10 +886,30 @@ class TinyModel:
             # Rows past their budget keep decoding garbage (discarded); clamp keeps rope in range.
             if runs is not None:
                 runs = torch.where(is_digit(tok), runs + 1, (tok == module.abacus_anchor).long())
-            logits = module.step(tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias, runs)
+            logits = module.step(
+                tok, (next_pos + s).clamp(max=max_pos), caches, P + s, bias, runs, fused
+            )
         return _completions(
-            tokens[:, :run].tolist(), logps[:, :run].tolist(), budgets, n, stop_ids, self.tokenizer
+            tokens[:, :run].tolist(),
+            logps[:, :run].tolist(),
+            budgets,
+            n,
+            stop_ids,
+            self.tokenizer,
+            float32=dtype == torch.float32,
         )
+
+
+def _prefill_chunks(lens: list[int]) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) to prefill apart: runs of rows in ascending length order, about
+    PREFILL_CHUNK_ROWS each, so that each is padded only to its own longest prompt (generate
+    sorts a batch's rows by length). Unsorted rows: one range."""
+    B = len(lens)
+    if B <= PREFILL_CHUNK_ROWS or any(a > b for a, b in itertools.pairwise(lens)):
+        return [(0, B)]
+    k = -(-B // PREFILL_CHUNK_ROWS)
+    bounds = [round(i * B / k) for i in range(k + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def _keep_rows(
@@ -800,6 +966,7 @@ def _completions(
     n: int,
     stop_ids: list[int],
     tokenizer: CharTokenizer,
+    float32: bool = True,
 ) -> list[Completion]:
     out = []
     for r, (row, lps) in enumerate(zip(tokens, logps, strict=True)):
@@ -812,7 +979,8 @@ def _completions(
                 newline = row[t] == NEWLINE_ID
                 break
         text = tokenizer.decode(row[:end])
-        # Per-token log-probs only where they are those of text + "\n", as training encodes it.
-        per_token = tuple(lps[:count]) if newline else None
+        # Per-token log-probs only where they are those of text + "\n", as training encodes it,
+        # and computed as training computes them (float32).
+        per_token = tuple(lps[:count]) if newline and float32 else None
         out.append(Completion(text, count, float(sum(lps[:count])), stopped, per_token))
     return out
