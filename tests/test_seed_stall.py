@@ -38,10 +38,11 @@ def test_watch_raises_at_the_step_with_the_losses_so_far():
     seen: list[int] = []
     step = watch(lambda s: seen.append(s["step"]), 8, 0.2)
     for i in range(7):
-        step({"step": i, "loss": 1.0})
+        step({"step": i, "loss": 1.0, "tokens": 10 + i})
     with pytest.raises(SeedStalled) as e:
-        step({"step": 7, "loss": 1.0})
+        step({"step": 7, "loss": 1.0, "tokens": 17})
     assert e.value.step == 8 and e.value.losses == [1.0] * 8 and seen == list(range(8))
+    assert e.value.tokens == sum(range(10, 18))  # what the stalled attempt trained on
     # A falling loss passes the check and the callback goes on.
     seen.clear()
     step = watch(lambda s: seen.append(s["step"]), 8, 0.2)

@@ -63,11 +63,19 @@ def record_step(
     on_step: Callable[[dict], None] | None,
 ) -> None:
     """Book optimiser step `step` (0-based) in a trainer's stats (steps, losses, tokens, seconds,
-    tokens_per_s) and report {step, loss, lr, tokens_per_s} to `on_step`."""
+    tokens_per_s) and report {step, loss, lr, tokens_per_s, tokens (this step's)} to `on_step`."""
     stats["steps"] = step + 1
     stats["losses"].append(loss)
     stats["tokens"] += tokens
     stats["seconds"] = time.perf_counter() - t0
     stats["tokens_per_s"] = stats["tokens"] / max(stats["seconds"], 1e-9)
     if on_step is not None:
-        on_step({"step": step + 1, "loss": loss, "lr": lr, "tokens_per_s": stats["tokens_per_s"]})
+        on_step(
+            {
+                "step": step + 1,
+                "loss": loss,
+                "lr": lr,
+                "tokens_per_s": stats["tokens_per_s"],
+                "tokens": tokens,
+            }
+        )

@@ -1278,7 +1278,7 @@ def _seed_attempt(
             "steps": e.step,
             "losses": e.losses,
             "examples": len(rnd.examples),
-            "tokens": 0,
+            "tokens": e.tokens,
             "stalled": True,
         }
 

@@ -18,12 +18,16 @@ from collections.abc import Callable
 class SeedStalled(Exception):
     """Raised from the training step callback; carries the attempt's losses so far."""
 
-    def __init__(self, step: int, losses: list[float], before: float, now: float) -> None:
+    def __init__(
+        self, step: int, losses: list[float], before: float, now: float, tokens: int = 0
+    ) -> None:
         super().__init__(
             f"seed loss {now:.3f} at step {step} has not fallen below the early plateau's "
             f"{before:.3f} by the required share"
         )
         self.step, self.losses, self.before, self.now = step, losses, before, now
+        self.tokens = tokens
+        """Tokens trained on so far (from the callbacks' `tokens`, where they report it)."""
 
 
 def plateau(losses: list[float], at: int) -> tuple[float, float]:
@@ -39,18 +43,26 @@ def plateau(losses: list[float], at: int) -> tuple[float, float]:
 def stalled(losses: list[float], at: int, drop: float) -> bool:
     """True when the loss at step `at` is not `drop` (a share) below its early plateau."""
     before, now = plateau(losses, at)
+    return _stalled(before, now, drop)
+
+
+def _stalled(before: float, now: float, drop: float) -> bool:
     return now > (1.0 - drop) * before
 
 
 def watch(on_step: Callable[[dict], None], at: int, drop: float) -> Callable[[dict], None]:
     """Wrap a training step callback: at step `at` raise `SeedStalled` when `stalled`."""
     losses: list[float] = []
+    tokens = 0
 
     def step(s: dict) -> None:
+        nonlocal tokens
         on_step(s)
         losses.append(float(s.get("loss", 0.0)))
-        if len(losses) == at and stalled(losses, at, drop):
+        tokens += int(s.get("tokens", 0))
+        if len(losses) == at:
             before, now = plateau(losses, at)
-            raise SeedStalled(at, list(losses), before, now)
+            if _stalled(before, now, drop):
+                raise SeedStalled(at, list(losses), before, now, tokens)
 
     return step
