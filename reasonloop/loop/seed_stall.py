@@ -26,8 +26,7 @@ class SeedStalled(Exception):
             f"{before:.3f} by the required share"
         )
         self.step, self.losses, self.before, self.now = step, losses, before, now
-        self.tokens = tokens
-        """Tokens trained on so far (from the callbacks' `tokens`, where they report it)."""
+        self.tokens = tokens  # trained on so far, from the step callbacks' `tokens`
 
 
 def plateau(losses: list[float], at: int) -> tuple[float, float]:

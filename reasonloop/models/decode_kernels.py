@@ -49,9 +49,9 @@ FLAGS = [
     "-fPIC",
 ]
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+"""Matrix dtypes the kernels take."""
 ATTENTION_ROWS = 128
 """Rows (batch x head) per block of the attention kernel."""
-"""Matrix dtypes the kernels take."""
 
 _ptr = ctypes.c_void_p
 _long = ctypes.c_long
