@@ -158,7 +158,8 @@ class Kernels:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor | None:
         """Single-query attention: q [N, hd]; k, v [T, N, hd]; bias [T, N] float32 (0 or -inf).
-        Returns [N, hd], or None for a size the kernel does not take (the caller falls back)."""
+        Returns [N, hd], or None when the kernel could not allocate its scratch memory (the
+        caller falls back to torch ops)."""
         T, N, hd = k.shape
         out = torch.empty_like(q)
         rc = self.fns["attention", q.dtype](

@@ -263,7 +263,7 @@ class Block(nn.Module):
         kern.rope_cache(qkv.view(B, 3, H, hd), rope, q, k_cache[t], v_cache[t])
         k, v = k_cache[: t + 1].view(t + 1, B * H, hd), v_cache[: t + 1].view(t + 1, B * H, hd)
         a = kern.attention(q, k, v, bias[: t + 1])
-        if a is None:  # a size the kernel does not take
+        if a is None:  # the kernel could not allocate its scratch memory
             a = decode_attention(q, k, v, bias[: t + 1].to(dt))
         kern.add_rms_norm(x, wo(a.view(B, D)), self.ffn_norm.float(), h, RMS_EPS)
         gate_up = w_gate_up(h)
@@ -712,10 +712,12 @@ class TinyModel:
         module = self.module
         if self.config.decode_dtype != "float32":
             module = copy.deepcopy(self.module).to(getattr(torch, self.config.decode_dtype))
+        fused = _fuse(module, self.device, min(len(order), per_batch) * n)
         try:
             for b in range(0, len(order), per_batch):
                 idx = order[b : b + per_batch]
-                comps = self._decode(module, [encoded[i] for i in idx], n, sampling, generator)
+                batch = [encoded[i] for i in idx]
+                comps = self._decode(module, fused, batch, n, sampling, generator)
                 for k, i in enumerate(idx):
                     results[i] = comps[k * n : (k + 1) * n]
         finally:
@@ -767,13 +769,14 @@ class TinyModel:
     def _decode(
         self,
         module: TinyTransformer,
+        fused: Fused | None,
         encoded: list[list[int]],
         n: int,
         sampling: Sampling,
         generator: torch.Generator,
     ) -> list[Completion]:
         """Completions for rows prompt-major (prompt 0's n samples first), decoded by `module`
-        (the model's own, or a copy in `decode_dtype`)."""
+        (the model's own, or a copy in `decode_dtype`), through `fused` when given."""
         dev, cfg = self.device, self.config
         dtype = module.lm_head.weight.dtype
         lens = [len(e) for e in encoded]
@@ -781,21 +784,6 @@ class TinyModel:
         steps = max(budgets)
         if steps <= 0:
             return [Completion("", 0, 0.0, stopped=False) for _ in range(len(encoded) * n)]
-        kern = kernels() if dev.type == "cpu" and dtype in SUFFIX else None
-        fused = None
-        if kern is not None:
-            rows = len(encoded) * n
-            fused = Fused(
-                kern,
-                [
-                    tuple(
-                        packed_linear(m.weight, rows)
-                        for m in (block.wqkv, block.wo, block.w_gate_up, block.w_down)
-                    )
-                    for block in module.layers
-                ],
-                packed_linear(module.lm_head.weight, rows),
-            )
         B0, B, P = len(encoded), len(encoded) * n, max(lens)
         ids = torch.full((B0, P), PAD_ID, dtype=torch.long)
         for i, e in enumerate(encoded):
@@ -898,6 +886,23 @@ class TinyModel:
             self.tokenizer,
             float32=dtype == torch.float32,
         )
+
+
+def _fuse(module: TinyTransformer, device: torch.device, rows: int) -> Fused | None:
+    """The fused decode path for `module` (weights packed for batches of about `rows` rows), or
+    None where the kernels do not run (not CPU, an unsupported dtype, no kernels built)."""
+    dtype = module.lm_head.weight.dtype
+    kern = kernels() if device.type == "cpu" and dtype in SUFFIX else None
+    if kern is None:
+        return None
+    blocks = [
+        tuple(
+            packed_linear(m.weight, rows)
+            for m in (block.wqkv, block.wo, block.w_gate_up, block.w_down)
+        )
+        for block in module.layers
+    ]
+    return Fused(kern, blocks, packed_linear(module.lm_head.weight, rows))
 
 
 def _prefill_chunks(lens: list[int]) -> list[tuple[int, int]]:
