@@ -537,17 +537,18 @@ class HFModel:
         limit = min(budget, len(tokens))
         for t in range(limit):
             if tokens[t] in stops:
+                taken = logps[: t + 1]
                 if tokens[t] in eos:
                     text = self.tokenizer.decode(tokens[:t])
-                    return Completion(text, t + 1, float(sum(logps[: t + 1])))
+                    return Completion(text, t + 1, float(sum(taken)))
                 # a newline token, possibly with text before the newline
                 text = self.tokenizer.decode(tokens[: t + 1]).split("\n", 1)[0]
                 # Per-token log-probs only where the sampled tokens are those training encodes
                 # for text + "\n" (`sft.encode_example`); a subword vocabulary may tokenize the
                 # decoded text otherwise, and then a policy-gradient step scores it afresh.
                 same = self.tokenizer.encode(text + "\n") == tokens[: t + 1]
-                per_token = tuple(logps[: t + 1]) if same else None
-                return Completion(text, t + 1, float(sum(logps[: t + 1])), True, per_token)
+                per_token = tuple(taken) if same else None
+                return Completion(text, t + 1, float(sum(taken)), True, per_token)
         text = self.tokenizer.decode(tokens[:limit])
         return Completion(text, limit, float(sum(logps[:limit])), stopped=False)
 
