@@ -14,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+SELF_PLAY_FAMILIES = ("program", "addition")
+"""Families whose tasks the learned proposer writes as programs (`tasks/proposer.py`)."""
+
 
 class Section(BaseModel):
     """Unknown keys are errors: a typo in a config must not be silently ignored."""
@@ -387,7 +390,8 @@ class ProposerConfig(Section):
     min_reward: float = Field(0.0, ge=0, lt=1)
     """Proposals whose learnability reward exceeds this become proposer training examples."""
     seed_examples: int = Field(1000, ge=0)
-    """Round 0: proposer examples (`?L<ops>:` -> program) from the generator, teaching the format."""
+    """Round 0: proposer examples (`?L<level>:` -> program) from the generator at every level up
+    to `creator.max_level` (else the hardest held-out one), teaching the format."""
 
 
 class LLMEvolveConfig(Section):
@@ -472,7 +476,7 @@ class CreatorConfig(Section):
     the level whose measured success p (training tasks, last round that drew it) lies in
     `target_band` with the highest learnability p(1-p), and go up a level when none does;
     `self-play`: after round 0 the model itself proposes the tasks (`proposer`; needs
-    `tasks.family: program`), asked at the level adaptive would pick and the
+    `tasks.family: program` or `addition`), asked at the level adaptive would pick and the
     `levels_ahead - 1` above it."""
     target_band: tuple[float, float] = (0.2, 0.8)
     """adaptive, self-play: the success rates worth training at (below: too hard, above:
@@ -1040,11 +1044,11 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _self_play(self) -> RunConfig:
-        # The proposer writes programs that the sandbox runs: only the program family reads them.
-        if self.creator.mode == "self-play" and self.tasks.family != "program":
+        # The proposer writes programs that the sandbox runs: only these families read them.
+        if self.creator.mode == "self-play" and self.tasks.family not in SELF_PLAY_FAMILIES:
             raise ValueError(
-                f"creator.mode 'self-play' needs tasks.family: program (the learned proposer "
-                f"writes programs), got tasks.family {self.tasks.family!r}"
+                f"creator.mode 'self-play' needs tasks.family: {' or '.join(SELF_PLAY_FAMILIES)} "
+                f"(the learned proposer writes programs), got tasks.family {self.tasks.family!r}"
             )
         if self.creator.mode == "self-play" and self.strategy.algorithm not in (
             "star",

@@ -27,6 +27,7 @@ from reasonloop.loop.store import read_records
 from reasonloop.models import build_model
 from reasonloop.tasks import creator, programs, proposer
 from reasonloop.tasks.curriculum import choose_level
+from reasonloop.tasks.families.addition import AdditionFamily
 from reasonloop.tasks.families.program import ProgramFamily
 from reasonloop.tasks.registry import get_family
 from reasonloop.tasks.reliability import RejectedTask, execution_check
@@ -251,18 +252,78 @@ def test_verify_proposals_keeps_sandbox_verified_programs_and_names_every_reject
     assert info["difficulty_asked_mean"] == round(20 / 14, 3)  # asked operations / proposals
 
 
-def test_self_play_tasks_need_the_program_family():
+def test_addition_proposals_become_sums_in_the_family_format_and_others_are_named():
+    fam = AdditionFamily(pad_carry=True)
+    held = fam.from_operands(12, 34, 2)
+    proposals = [
+        (3, "58+123"),  # the longer operand sets the level
+        (7, "4821907 + 3300126"),
+        (2, "12+34"),  # a held-out task
+        (1, "3*4"),  # a program, but not a sum
+        (1, "5"),
+        (1, "1+2+3"),
+        (12, "99999999999+99999999999"),  # beyond the program family's bound, inside ours
+        (2, "(1+2)"),  # parenthesised: not the family's form
+        (3, "123+58"),  # another task than 58+123: the operands' order is the prompt's
+    ]
+    tasks, rejects, info = proposer.verify_proposals(
+        fam, proposals, 10, {held.id}, 1, "proposer:r0"
+    )
+    assert [(t.prompt, t.answer, t.difficulty, t.params["program"]) for t in tasks] == [
+        ("8500+3210=", "1810", 3, "58+123"),
+        ("70912840+62100330=", "33022180", 7, "4821907+3300126"),
+        ("999999999990+999999999990=", "899999999991", 11, "99999999999+99999999999"),
+        ("3210+8500=", "1810", 3, "123+58"),
+    ]
+    for t in tasks:  # the same tasks the generator would have made
+        a, b = (int(x) for x in t.params["program"].split("+"))
+        assert t.id == fam.from_operands(a, b, t.difficulty).id
+        assert fam.verify(t, fam.reference(t)[1]) == 1.0
+    why = {r.prompt: r.reason for r in rejects}
+    assert why == {
+        "210+430=": "heldout",  # the task, in the family format
+        "3*4=": "off_family",
+        "5=": "off_family",
+        "1+2+3=": "off_family",
+        "(1+2)=": "off_family",
+    }
+    assert info["difficulty_hist"] == {"3": 2, "7": 1, "11": 1}
+    # The program family's bound rejects the 12-digit answer; addition's own does not.
+    assert programs.gold_answer(programs.ProgramResult("ok", "199999999998", "ran"))[1] == (
+        "too_large"
+    )
+    with pytest.raises(programs.ProgramRejected, match="reference_mismatch: the sum is 3"):
+        fam.task_from_proposal("1+2", "4")
+    with pytest.raises(programs.ProgramRejected, match="too_large"):
+        fam.task_from_proposal("1" * 21 + "+1", str(int("1" * 21) + 1))
+    examples = proposer.seed_examples(fam, random.Random(0), 6, [1, 5, 9], rnd=0)
+    assert [e.prompt for e in examples] == ["?L1:", "?L5:", "?L9:"] * 2
+    for e in examples:
+        a, b = e.completion.split("+")
+        assert (
+            max(len(a), len(b)) == int(e.prompt[2:-1])
+            and programs.check_program(e.completion) is None
+        )
+
+
+def test_self_play_tasks_need_a_family_the_proposer_writes_programs_for():
     cfg = load_config("self-play")
     model = build_model(ModelConfig(dim=32, n_layers=1, n_heads=2, threads=1), seed=0)
-    with pytest.raises(ValueError, match="tasks.family: program"):
-        self_play_tasks(cfg, get_family("addition"), model, [3], set(), random.Random(0), 0, 1)
+    with pytest.raises(ValueError, match="tasks.family: program or addition.*'sorting'"):
+        self_play_tasks(cfg, get_family("sorting"), model, [3], set(), random.Random(0), 0, 1)
+    assert isinstance(get_family("addition"), proposer.Proposable)
+    assert isinstance(get_family("program"), proposer.Proposable)
+    assert not isinstance(get_family("sorting"), proposer.Proposable)
 
 
 def test_config_errors_name_the_field():
     with pytest.raises(
-        ConfigError, match="needs tasks.family: program.*got tasks.family 'addition'"
+        ConfigError, match="needs tasks.family: program or addition.*got tasks.family 'sorting'"
     ):
-        load_config("self-play", None, {"tasks": {"family": "addition"}})
+        load_config("self-play", None, {"tasks": {"family": "sorting"}})
+    assert load_config("self-play", None, {"tasks": {"family": "addition"}}).tasks.family == (
+        "addition"
+    )
     with pytest.raises(ConfigError, match="strategy.algorithm must be .* got 'grpo'"):
         load_config("self-play", None, {"strategy": {"algorithm": "grpo"}})
     with pytest.raises(ConfigError, match="min_reward"):
@@ -345,7 +406,9 @@ def test_self_play_rounds_train_on_verified_proposals_and_record_rejections(self
     seed_sft = read_records(out / "rounds/r000/sft.parquet", SFTExample)
     seeds = [e for e in seed_sft if e.prompt.startswith("?L")]
     assert len(seeds) == SIZES["creator.proposer.seed_examples"]
-    assert {e.prompt for e in seeds} == {f"?L{lv}:" for lv in fam.levels}
+    # Every level up to the hardest held-out one, not the family's far levels.
+    top = max(SIZES["tasks.heldout_levels"])
+    assert {e.prompt for e in seeds} == {f"?L{lv}:" for lv in fam.levels if lv <= top}
     assert all(e.prompt == f"?L{programs.operation_count(e.completion)}:" for e in seeds)
     assert rounds[0]["proposer"] == {"trained": len(seeds)}
     assert "self_play" not in rounds[0]  # the seed round proposes nothing itself
@@ -506,3 +569,91 @@ def test_killed_self_play_run_resumes_to_identical_records(tmp_path, self_play_r
     for key in ("self_play", "proposer", "heldout", "data"):
         assert [m.get(key) for m in a] == [m.get(key) for m in b]
     assert not list(out.rglob("*.tmp"))
+
+
+# -- the addition preset: the proposer writes sums ---------------------------------------------
+
+ADDITION_SIZES: dict = {
+    "rounds": 1,
+    "seed": 1,
+    "model.dim": 32,
+    "model.n_layers": 2,
+    "model.n_heads": 2,
+    "model.threads": 1,
+    "seed_train.steps": 200,
+    "train.steps": 4,
+    "train.batch_size": 16,
+    "tasks.seed_examples": 200,
+    "tasks.seed_check": 0.0,
+    "tasks.seed_restarts": 0,
+    "tasks.seed_stall_steps": 0,
+    "tasks.seed_levels": [1, 2],
+    "tasks.heldout_levels": [1, 2, 3, 4],
+    "tasks.heldout_per_level": 4,
+    "creator.per_round": 40,
+    "creator.proposer.proposals": 60,
+    "creator.proposer.seed_examples": 400,
+    "creator.min_trials": 1,
+    "creator.start_level": 1,  # round 1 asks 1-2 digits, which this tiny seed half solves
+    "reasoner.samples": 4,
+    "reasoner.temperature": 1.0,
+    "reasoner.batch_size": 64,
+}
+
+
+def test_self_play_on_addition_trains_on_sums_the_model_wrote(tmp_path):
+    cfg = load_config("self-play-addition", None, nested(ADDITION_SIZES))
+    out = tmp_path / "run"
+    summary = run_loop(cfg, out, show_progress=False, log=lambda _: None)
+    assert summary["complete"]
+    fam = get_family("addition", **cfg.tasks.options)
+    held = {t["id"] for t in pq.read_table(out / "heldout.parquet").to_pylist()}
+
+    # Round 0: the proposer's format, two n-digit operands behind `?Ln:`, at every level it may
+    # be asked for (up to `creator.max_level`, beyond the held-out levels).
+    seeds = [
+        e
+        for e in read_records(out / "rounds/r000/sft.parquet", SFTExample)
+        if e.prompt.startswith("?L")
+    ]
+    assert len(seeds) == ADDITION_SIZES["creator.proposer.seed_examples"]
+    assert cfg.creator.max_level == 12
+    assert {e.prompt for e in seeds} == {f"?L{lv}:" for lv in range(1, 13)}
+    assert all(e.prompt == f"?L{fam.program_level(e.completion)}:" for e in seeds)
+
+    # Round 1: the tasks are the model's own sums (topped up by the generator only if few
+    # verify), each the family's task of its program, with the sandbox's sum as the answer.
+    d = out / "rounds/r001"
+    tasks = read_records(d / "tasks.parquet", Task)
+    info = json.loads((out / "summary.json").read_text())["rounds"][1]["self_play"]
+    proposed = [t for t in tasks if t.made_by.startswith(proposer.PROPOSER_MARK)]
+    assert len(proposed) == info["kept"] > 10 and len(tasks) == info["kept"] + info["filled"]
+    for t in proposed:
+        a, b = (int(x) for x in t.params["program"].split("+"))
+        assert t.family == "addition" and t.id not in held
+        assert (t.prompt, t.answer) == (fam.from_operands(a, b, t.difficulty).prompt, t.answer)
+        assert t.answer == fam.answer(a + b, t.difficulty)
+        assert t.difficulty == max(len(str(a)), len(str(b)))
+    rejected_rows = read_records(d / "rejected_tasks.parquet", RejectedTask)
+    assert (
+        info["verified"]
+        + sum(
+            n
+            for why, n in info["rejected"].items()
+            if why not in ("duplicate", "over_limit", "heldout")
+        )
+        == info["proposals"]
+    )
+    assert len(rejected_rows) == sum(info["rejected"].values())
+
+    # The proposer trains on exactly its proposals the solver sometimes solved, relabelled to
+    # the digits they have.
+    traces = read_records(d / "traces.parquet", Trace)
+    judgements = read_records(d / "judgements.parquet", Judgement)
+    rates = proposer.solve_rates(traces, judgements)
+    rewarded = {t.id: t for t in proposed if 0 < rates.get(t.id, 0) < 1}
+    trained = [e for e in read_records(d / "sft.parquet", SFTExample) if e.prompt.startswith("?L")]
+    assert trained and {e.task_id for e in trained} == set(rewarded)
+    for e in trained:
+        t = rewarded[e.task_id]
+        assert (e.prompt, e.completion) == (f"?L{t.difficulty}:", t.params["program"])

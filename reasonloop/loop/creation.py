@@ -15,13 +15,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from reasonloop.config import LLMEvolveConfig, RunConfig
+from reasonloop.config import SELF_PLAY_FAMILIES, LLMEvolveConfig, RunConfig
 from reasonloop.loop.store import write_records
 from reasonloop.models.base import LanguageModel
 from reasonloop.models.openai import OpenAIBackendError, OpenAIModel
 from reasonloop.tasks import proposer
 from reasonloop.tasks.base import Family
-from reasonloop.tasks.families.program import ProgramFamily
 from reasonloop.tasks.llm_evolve import Settings, evolve_tasks
 from reasonloop.tasks.reliability import RejectedTask, check_tasks
 from reasonloop.types import Judgement, SFTExample, Task, Trace
@@ -41,8 +40,11 @@ def self_play_tasks(
 ) -> tuple[list[Task], list[RejectedTask], dict[str, Any]]:
     """The round's tasks written by the model itself (verified in the sandbox), topped up with
     generator tasks when fewer than `proposer.min_tasks` verify."""
-    if not isinstance(family, ProgramFamily):
-        raise ValueError("creator.mode 'self-play' needs tasks.family: program")
+    if not isinstance(family, proposer.Proposable):
+        raise ValueError(
+            f"creator.mode 'self-play' needs a family the proposer can write programs for "
+            f"(tasks.family: {' or '.join(SELF_PLAY_FAMILIES)}), got {family.name!r}"
+        )
     p = cfg.creator.proposer
     proposals = proposer.sample_proposals(model, levels, p, seed, cfg.reasoner.batch_size)
     made_by = f"{proposer.PROPOSER_MARK}r{r - 1}"
@@ -144,10 +146,15 @@ def proposer_training(
     programs (the format); later rounds, the proposals with a positive learnability reward."""
     p = cfg.creator.proposer
     if r == 0:
-        assert isinstance(family, ProgramFamily)
+        assert isinstance(family, proposer.Proposable)
         rng = random.Random(cfg.seed * 7 + 11)
-        # Every level, so `?L<n>:` means n operations before the frontier gets there.
-        levels = list(family.levels)
+        # Every level the proposer may be asked for (up to `creator.max_level`, else the
+        # hardest held-out one), so `?L<n>:` means n operations (digits) before the frontier
+        # gets there: asked for a level it never saw, it writes shorter or broken programs.
+        top = max(cfg.tasks.heldout_levels + cfg.tasks.seed_levels)
+        if cfg.creator.max_level is not None:
+            top = max(top, cfg.creator.max_level)
+        levels = [lv for lv in family.levels if lv <= top]
         examples = proposer.seed_examples(family, rng, p.seed_examples, levels, r)
         return examples, {"trained": len(examples)}
     rates = proposer.solve_rates(traces, judgements)

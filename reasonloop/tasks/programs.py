@@ -62,6 +62,16 @@ for p in progs:
 """
 
 
+class ProgramRejected(ValueError):
+    """A program that ran but does not make a task of a family: `reason` is the short name
+    recorded in `rejected_tasks.parquet` (`trivial`, `reference_mismatch`, `off_family`, ...),
+    the message says what was expected."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason, self.message = reason, message
+
+
 @dataclass(frozen=True)
 class ProgramResult:
     """How one program ran: `status` is the sandbox's kind (ok, timeout, memory, error,
@@ -217,10 +227,11 @@ def run_programs(
     return [r if r is not None else ProgramResult("error", None, "not run") for r in results]
 
 
-def gold_answer(result: ProgramResult) -> tuple[str | None, str]:
+def gold_answer(result: ProgramResult, max_abs: int = MAX_ABS) -> tuple[str | None, str]:
     """(answer, "") for a usable result, else (None, rejection reason): the sandbox's kind
     (`sandbox_timeout`, `sandbox_memory`, `sandbox_error`, ...), `invalid_program`, or
-    `too_large` for an answer beyond +-MAX_ABS."""
+    `too_large` for an answer beyond +-`max_abs` (a family's own bound: long sums need more
+    than MAX_ABS)."""
     if result.status == "invalid":
         return None, "invalid_program"
     if result.status != "ok" or result.value is None:
@@ -229,6 +240,6 @@ def gold_answer(result: ProgramResult) -> tuple[str | None, str]:
         value = int(result.value)
     except ValueError:
         return None, "sandbox_error"
-    if abs(value) > MAX_ABS:
+    if abs(value) > max_abs:
         return None, "too_large"
     return str(value), ""

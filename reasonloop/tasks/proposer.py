@@ -2,7 +2,8 @@
 Self-play Reasoning with Zero Data"): the model that solves also proposes.
 
 The same model reads a proposer prompt `?L<level>:` and writes a program
-(`?L3:` -> `12+7*3`, the grammar of `tasks/programs.py`). The sandbox runs every proposal
+(`?L3:` -> `12+7*3`, the grammar of `tasks/programs.py`; for the addition family a sum,
+`?L7:` -> `4821907+3300126`). The sandbox runs every proposal
 (batched) for its gold answer; invalid, unsafe, failing or oversized proposals are rejected
 with the reason. The verified ones become the round's program tasks; the solver attempts them
 (k samples) and each proposal earns the learnability reward of Absolute Zero (their eq. for
@@ -14,10 +15,11 @@ p being the solver's solve rate on it, so tasks the solver always or never solve
 proposer nothing. Our choices:
 
 - Training is rejection-sampling SFT (not REINFORCE): proposals with r > `min_reward` become SFT
-  examples `?L<ops>:` -> program, trained in the same step as the solver's kept traces. The
-  prompt carries the proposal's *measured* operation count, not the asked level (hindsight
-  relabelling), so the level in the prompt keeps meaning "this many operations".
-- Difficulty is the operation count (`programs.operation_count`). The asked levels follow the
+  examples `?L<level>:` -> program, trained in the same step as the solver's kept traces. The
+  prompt carries the proposal's *measured* level, not the asked one (hindsight relabelling),
+  so the level in the prompt keeps meaning "this many operations" (or digits).
+- Difficulty is the family's level of the program (`Proposable.program_level`): the operation
+  count for programs, the longer operand's digits for addition. The asked levels follow the
   solver's measured competence, as the adaptive curriculum does (`tasks/curriculum.py`): the
   level whose per-sample success lies in `creator.target_band` with the highest p(1-p), and the
   `levels_ahead - 1` above it, so the proposer is asked where its reward can be earned and the
@@ -34,18 +36,39 @@ import random
 from collections import Counter
 from collections.abc import Collection
 from statistics import mean
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from reasonloop.config import ProposerConfig
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.report.diversity import distinct_share, mean_jaccard_distance
 from reasonloop.tasks import programs
-from reasonloop.tasks.families.program import ProgramFamily
 from reasonloop.tasks.reliability import RejectedTask, rejected
 from reasonloop.types import Judgement, SFTExample, Task, Trace, stable_id
 
 PROPOSER_MARK = "proposer:"
 """`made_by` of a proposed task starts with this (then the model version)."""
+
+
+@runtime_checkable
+class Proposable(Protocol):
+    """A family whose tasks the proposer can write as programs (`tasks/programs.py`): the
+    program family (any expression; level = operations) and addition (`a+b`; level = digits)."""
+
+    name: ClassVar[str]
+    levels: ClassVar[tuple[int, ...]]
+    max_program_answer: ClassVar[int]
+
+    def draw(self, rng: random.Random, level: int) -> str:
+        """A generator program of `level` (round 0's format examples)."""
+        ...
+
+    def program_level(self, text: str) -> int:
+        """The level of a checked program as a task (the prompt's hindsight level)."""
+        ...
+
+    def task_from_proposal(self, text: str, answer: str) -> Task:
+        """The task of a checked program the sandbox ran to `answer`, or `ProgramRejected`."""
+        ...
 
 
 def proposer_prompt(level: int) -> str:
@@ -104,7 +127,7 @@ def sample_proposals(
 
 
 def verify_proposals(
-    family: ProgramFamily,
+    family: Proposable,
     proposals: list[tuple[int, str]],
     limit: int,
     exclude: Collection[str],
@@ -113,38 +136,35 @@ def verify_proposals(
 ) -> tuple[list[Task], list[RejectedTask], dict[str, Any]]:
     """Run the proposals in the sandbox (one batch) and keep up to `limit` distinct verified
     ones as tasks; the rest are rejected with the reason: the program check's or the sandbox's
-    (`invalid_program`, `sandbox_timeout`, ...), `too_large`, `trivial` (no operation),
-    `reference_mismatch` (our step writer disagrees with the sandbox), `heldout` (the task is
-    in the held-out set), `duplicate`, `over_limit`."""
+    (`invalid_program`, `sandbox_timeout`, ...), `too_large`, the family's
+    (`task_from_proposal`: `trivial` for a program without an operation, `reference_mismatch`
+    when our step writer disagrees with the sandbox, `off_family` for addition's non-sums),
+    `heldout` (the task is in the held-out set), `duplicate`, `over_limit`."""
     texts = [p for _, p in proposals]
     results = programs.run_programs(texts)
     kept: dict[str, Task] = {}
     rejects: list[RejectedTask] = []
     for (level, text), res in zip(proposals, results, strict=True):
-        answer, why = programs.gold_answer(res)
+        answer, why = programs.gold_answer(res, family.max_program_answer)
+        stub = Task(
+            id=stable_id("proposal", text),
+            family=family.name,
+            prompt=text + "=",
+            answer=answer,
+            made_by=made_by,
+            round=rnd,
+        )
         if answer is None:
-            stub = Task(
-                id=stable_id("proposal", text),
-                family=family.name,
-                prompt=text + "=",
-                answer=None,
-                made_by=made_by,
-                round=rnd,
-            )
             rejects.append(rejected(stub, why, res.message))
             continue
-        task = family.from_program(text, answer)
+        try:
+            task = family.task_from_proposal(text, answer)
+        except programs.ProgramRejected as e:
+            rejects.append(rejected(stub, e.reason, e.message))
+            continue
         task.made_by, task.round = made_by, rnd
         task.params["asked_level"] = level
-        try:
-            steps_answer = family.solve(task)[1]
-        except ValueError as e:
-            steps_answer = f"({e})"
-        if task.params["ops"] == 0:
-            rejects.append(rejected(task, "trivial", "no operation: the answer is the program"))
-        elif steps_answer != answer:
-            rejects.append(rejected(task, "reference_mismatch", f"steps give {steps_answer}"))
-        elif task.id in exclude:
+        if task.id in exclude:
             rejects.append(rejected(task, "heldout"))
         elif task.id in kept:
             rejects.append(rejected(task, "duplicate"))
@@ -172,9 +192,9 @@ def verify_proposals(
 
 
 def difficulty_stats(tasks: list[Task]) -> dict[str, Any]:
-    """Mean and histogram of operation counts, and how many programs use each binary operator
-    (a diversity measure)."""
-    ops = [programs.operation_count(str(t.params["program"])) for t in tasks]
+    """Mean and histogram of the tasks' levels (the family's difficulty: operations, digits),
+    and how many programs use each binary operator (a diversity measure)."""
+    ops = [t.difficulty for t in tasks]
     kinds = Counter(k for t in tasks for k in programs.binary_operators(str(t.params["program"])))
     return {
         "difficulty_mean": round(mean(ops), 3) if ops else None,
@@ -205,7 +225,7 @@ def proposer_examples(
     rewards = {t.id: learnability(rates[t.id]) for t in proposed}
     examples = [
         SFTExample(
-            proposer_prompt(int(t.params["ops"])),
+            proposer_prompt(t.difficulty),
             str(t.params["program"]),
             task_id=t.id,
             round=rnd,
@@ -223,13 +243,13 @@ def proposer_examples(
 
 
 def seed_examples(
-    family: ProgramFamily, rng: random.Random, n: int, levels: list[int], rnd: int = 0
+    family: Proposable, rng: random.Random, n: int, levels: list[int], rnd: int = 0
 ) -> list[SFTExample]:
     """`n` generator programs as proposer examples, levels in turn (round 0: the format)."""
     out = []
     for i in range(n):
         text = family.draw(rng, levels[i % len(levels)])
         out.append(
-            SFTExample(proposer_prompt(programs.operation_count(text)), text, task_id="", round=rnd)
+            SFTExample(proposer_prompt(family.program_level(text)), text, task_id="", round=rnd)
         )
     return out

@@ -28,12 +28,14 @@ import re
 from typing import Any, ClassVar
 
 from reasonloop.reasoner.format import render
+from reasonloop.tasks import programs
 from reasonloop.tasks.base import Family
 from reasonloop.types import Task
 
 MAX_LEVEL = 20
 _STEP = re.compile(r"^(\d)\+(\d)\+([01])=(\d{1,2})$")
 _PROMPT = re.compile(r"(\d{1,40})\+(\d{1,40})=", re.ASCII)
+_PROGRAM = re.compile(r"([0-9]{1,40})\+([0-9]{1,40})", re.ASCII)
 
 
 def _columns(a: int, b: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -52,6 +54,8 @@ class AdditionFamily(Family):
 
     name: ClassVar[str] = "addition"
     levels: ClassVar[tuple[int, ...]] = tuple(range(1, MAX_LEVEL + 1))
+    max_program_answer: ClassVar[int] = 2 * 10**MAX_LEVEL
+    """A proposed program's answer beyond this is rejected (`too_large`)."""
 
     def __init__(
         self,
@@ -83,6 +87,37 @@ class AdditionFamily(Family):
         return self.from_operands(
             rng.randrange(low, 10**level), rng.randrange(low, 10**level), level
         )
+
+    def draw(self, rng: random.Random, level: int) -> str:
+        """A program `a+b` (reading order) of a level-`level` task: what the learned proposer
+        of `creator.mode: self-play` learns to write (`tasks/proposer.py`)."""
+        task = self.make(rng, level)
+        return f"{task.params['a']}+{task.params['b']}"
+
+    def program_level(self, text: str) -> int:
+        """The level of a program `a+b`: its longer operand's digit count. Raises
+        `ProgramRejected` (`off_family`) for any other program."""
+        m = _PROGRAM.fullmatch(programs.canonical(text)) if isinstance(text, str) else None
+        if m is None:
+            raise programs.ProgramRejected(
+                "off_family", "addition tasks are a+b of two non-negative integer literals"
+            )
+        return max(len(str(int(g))) for g in m.groups())
+
+    def task_from_proposal(self, text: str, answer: str) -> Task:
+        """The task of a proposed program `a+b` that the sandbox ran to `answer`, in this
+        family's format, with the program in `params["program"]`; raises `ProgramRejected`:
+        `off_family` (not `a+b`), `too_large` (an operand beyond level MAX_LEVEL),
+        `reference_mismatch` (the sandbox's value is not the sum)."""
+        level = self.program_level(text)
+        if level > MAX_LEVEL:
+            raise programs.ProgramRejected("too_large", f"operands above {MAX_LEVEL} digits")
+        a, b = (int(g) for g in programs.canonical(text).split("+"))
+        if answer != str(a + b):
+            raise programs.ProgramRejected("reference_mismatch", f"the sum is {a + b}")
+        task = self.from_operands(a, b, level)
+        task.params["program"] = f"{a}+{b}"
+        return task
 
     def from_operands(self, a: int, b: int, level: int) -> Task:
         """The task `a+b=` at `level` (operands must fit in `level` digits)."""

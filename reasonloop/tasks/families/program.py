@@ -39,6 +39,8 @@ class ProgramFamily(CompactFamily):
     name: ClassVar[str] = "program"
     levels: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)
     standalone_steps: ClassVar[bool] = True
+    max_program_answer: ClassVar[int] = programs.MAX_ABS
+    """A proposed program's answer beyond this is rejected (`too_large`)."""
 
     def __init__(self, *, steps: bool = True, digits: int = 1, sandbox_gold: bool = False) -> None:
         if not is_int(digits) or not 1 <= digits <= 3:
@@ -78,6 +80,25 @@ class ProgramFamily(CompactFamily):
         return self.task(
             prog + "=", answer, level if level is not None else ops, {"program": prog, "ops": ops}
         )
+
+    def program_level(self, text: str) -> int:
+        """The level a checked program would have as a task: its operation count."""
+        return programs.operation_count(text)
+
+    def task_from_proposal(self, text: str, answer: str) -> Task:
+        """The task of a proposed program that the sandbox ran to `answer`; raises
+        `ProgramRejected` when it has no operation (`trivial`: its answer is its text) or our
+        reference steps do not reach the sandbox's value (`reference_mismatch`)."""
+        task = self.from_program(text, answer)
+        if task.params["ops"] == 0:
+            raise programs.ProgramRejected("trivial", "no operation: the answer is the program")
+        try:
+            steps_answer = self.solve(task)[1]
+        except ValueError as e:
+            steps_answer = f"({e})"
+        if steps_answer != answer:
+            raise programs.ProgramRejected("reference_mismatch", f"steps give {steps_answer}")
+        return task
 
     def make_batch(self, rng: random.Random, levels: list[int]) -> list[Task]:
         """One task per entry of `levels` that verifies (sandbox answer ok, steps agree), all in
