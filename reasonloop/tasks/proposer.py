@@ -146,21 +146,22 @@ def verify_proposals(
     rejects: list[RejectedTask] = []
     for (level, text), res in zip(proposals, results, strict=True):
         answer, why = programs.gold_answer(res, family.max_program_answer)
-        stub = Task(
-            id=stable_id("proposal", text),
-            family=family.name,
-            prompt=text + "=",
-            answer=answer,
-            made_by=made_by,
-            round=rnd,
-        )
-        if answer is None:
-            rejects.append(rejected(stub, why, res.message))
-            continue
-        try:
-            task = family.task_from_proposal(text, answer)
-        except programs.ProgramRejected as e:
-            rejects.append(rejected(stub, e.reason, e.message))
+        detail, task = res.message, None
+        if answer is not None:
+            try:
+                task = family.task_from_proposal(text, answer)
+            except programs.ProgramRejected as e:
+                why, detail = e.reason, e.message
+        if task is None:  # no task to name: the rejection names the proposal's own text
+            stub = Task(
+                id=stable_id("proposal", text),
+                family=family.name,
+                prompt=text + "=",
+                answer=answer,
+                made_by=made_by,
+                round=rnd,
+            )
+            rejects.append(rejected(stub, why, detail))
             continue
         task.made_by, task.round = made_by, rnd
         task.params["asked_level"] = level

@@ -94,25 +94,30 @@ class AdditionFamily(Family):
         task = self.make(rng, level)
         return f"{task.params['a']}+{task.params['b']}"
 
-    def program_level(self, text: str) -> int:
-        """The level of a program `a+b`: its longer operand's digit count. Raises
-        `ProgramRejected` (`off_family`) for any other program."""
+    @staticmethod
+    def _program_operands(text: str) -> tuple[int, int]:
+        """The operands of a program `a+b`; `ProgramRejected` (`off_family`) for any other."""
         m = _PROGRAM.fullmatch(programs.canonical(text)) if isinstance(text, str) else None
         if m is None:
             raise programs.ProgramRejected(
                 "off_family", "addition tasks are a+b of two non-negative integer literals"
             )
-        return max(len(str(int(g))) for g in m.groups())
+        return int(m.group(1)), int(m.group(2))
+
+    def program_level(self, text: str) -> int:
+        """The level of a program `a+b`: its longer operand's digit count. Raises
+        `ProgramRejected` (`off_family`) for any other program."""
+        return max(len(str(x)) for x in self._program_operands(text))
 
     def task_from_proposal(self, text: str, answer: str) -> Task:
         """The task of a proposed program `a+b` that the sandbox ran to `answer`, in this
         family's format, with the program in `params["program"]`; raises `ProgramRejected`:
         `off_family` (not `a+b`), `too_large` (an operand beyond level MAX_LEVEL),
         `reference_mismatch` (the sandbox's value is not the sum)."""
-        level = self.program_level(text)
+        a, b = self._program_operands(text)
+        level = max(len(str(a)), len(str(b)))
         if level > MAX_LEVEL:
             raise programs.ProgramRejected("too_large", f"operands above {MAX_LEVEL} digits")
-        a, b = (int(g) for g in programs.canonical(text).split("+"))
         if answer != str(a + b):
             raise programs.ProgramRejected("reference_mismatch", f"the sum is {a + b}")
         task = self.from_operands(a, b, level)
