@@ -11,6 +11,7 @@ Best of `reps` runs, interleaved (the machine is shared). Needs `pip install trl
 
     python benchmarks/vs_trl.py --grpo [--generations 100] [--prompts 32] [--group 8] [--lr 1e-4]
                                 [--dim 128] [--layers 4] [--sft-steps 1200] [--dynamic-sampling]
+                                [--share-prompts] [--minibatch random|groups|spread]
                                 [--seeds 0 1 2]
 
 `--grpo`: our GRPO against TRL's `GRPOTrainer`, held-out pass@1 against process CPU time. A tiny
@@ -27,6 +28,9 @@ model); the evaluation's own CPU time is not counted. TRL runs first; ours then 
 evaluation reaches TRL's final pass@1 (at most `reach_cap` times the generations). The ratio
 is the CPU time our run took to first reach TRL's final pass@1 over TRL's total CPU time, one
 per seed (`--seeds`). One thread, fp32, CPU, for both.
+`--share-prompts` runs each prompt once for its completions in a minibatch
+(`algorithms/shared_prefix.py`), `--minibatch` sets how ours cuts a generation into its steps
+(`strategy.rl.minibatch`; TRL's are random); both are the same loss, so the same settings.
 Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
 the same training prompts; ours takes the rollout policy's log-probs from its sampler
 (`Completion.token_logprobs`, equal to a forward pass's to float rounding) where TRL runs a
@@ -218,6 +222,8 @@ def grpo_train_config(args: argparse.Namespace) -> tuple[TrainConfig, RLConfig]:
         aggregation="token",
         # TRL keeps groups of equal rewards (zero advantage) in the loss; ours may drop them.
         dynamic_sampling=args.dynamic_sampling,
+        share_prompts=args.share_prompts,
+        minibatch=args.minibatch,
     )
     return train, rl
 
@@ -471,6 +477,17 @@ def main() -> None:
         "--dynamic-sampling",
         action="store_true",
         help="ours drops groups of equal rewards and trains one pass over the rest",
+    )
+    grpo.add_argument(
+        "--share-prompts",
+        action="store_true",
+        help="ours runs each group's prompt once for its completions (minibatches of whole groups)",
+    )
+    grpo.add_argument(
+        "--minibatch",
+        choices=["random", "groups", "spread"],
+        default="random",
+        help="ours: how a generation's completions are cut into steps (strategy.rl.minibatch)",
     )
     args = ap.parse_args()
     if args.grpo:

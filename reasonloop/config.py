@@ -871,6 +871,16 @@ class RLConfig(Section):
     """Drop groups whose rewards are all equal (they have no advantage signal)."""
     overlong_cache: int = Field(0, ge=0)
     """DAPO soft overlong penalty over the last this-many tokens of max_new_tokens (0: off)."""
+    share_prompts: bool = False
+    """grpo, rloo: run each prompt once for all of its completions in a minibatch
+    (`algorithms/shared_prefix.py`; the tiny backend, others fall back): the same losses to
+    float rounding, with fewer FLOPs where prompts are long against completions. How much it
+    saves depends on `minibatch`. False: one sequence per row."""
+    minibatch: Literal["random", "groups", "spread"] = "random"
+    """grpo, rloo: how a pass's completions are cut into minibatches. `random`: shuffled across
+    groups; `groups`: whole groups end to end (verl's contiguous minibatches; with
+    `share_prompts` a prompt is read once per group); `spread`: every group dealt round-robin
+    over the pass, so each step sees as many prompts as it can, a few completions of each."""
     # -- dense rewards and model-based rewards (loop/rl_inputs.py) --
     dense_reward: Literal["none", "implicit", "step-check", "prm"] = "none"
     """Per-token rewards added to the outcome reward (grpo, rloo: their leave-one-out-baselined

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from reasonloop.algorithms.sft import collate
@@ -35,10 +37,15 @@ FROZEN_CHUNK = 256
 
 
 def frozen_token_logps(
-    model: LanguageModel, seqs: list[tuple[list[int], int]]
+    model: LanguageModel,
+    seqs: list[tuple[list[int], int]],
+    forward: Callable[
+        [LanguageModel, list[tuple[list[int], int]]], tuple[torch.Tensor, torch.Tensor]
+    ] = token_logps,
 ) -> list[torch.Tensor]:
     """Each sequence's completion-token log-probs (a 1-D tensor per sequence) without gradient,
-    in eval mode and in chunks: the reference or old-policy pass of DPO and the RL trainers."""
+    in eval mode and in chunks: the reference or old-policy pass of DPO and the RL trainers.
+    `forward` is `token_logps` or another with its outputs (`shared_prefix.shared_token_logps`)."""
     module = model.module
     was_training = module.training
     module.eval()
@@ -46,7 +53,7 @@ def frozen_token_logps(
     try:
         with torch.no_grad():
             for s in range(0, len(seqs), FROZEN_CHUNK):
-                logps, mask = token_logps(model, seqs[s : s + FROZEN_CHUNK])
+                logps, mask = forward(model, seqs[s : s + FROZEN_CHUNK])
                 out += [row[m] for row, m in zip(logps, mask, strict=True)]
     finally:
         module.train(was_training)

@@ -16,6 +16,7 @@ clipped surrogate (token mean) and the clipped value loss, each network on its o
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -46,6 +47,7 @@ from reasonloop.algorithms.ppo import (
     whiten,
 )
 from reasonloop.algorithms.sft import batches, encode_example
+from reasonloop.algorithms.shared_prefix import group_batches, shared_token_logps
 from reasonloop.algorithms.value_head import Critic, frozen_values
 from reasonloop.config import PPOConfig, RLConfig, TrainConfig
 from reasonloop.models.base import LanguageModel
@@ -180,7 +182,8 @@ def train_policy_gradient(
         [b for i in kept for b in behaviour[i]] if behaviour is not None else [None] * len(seqs)
     )
     todo = [k for k, b in enumerate(stored) if b is None]
-    taken = iter(frozen_token_logps(model, [seqs[k] for k in todo]) if todo else [])
+    logps_of = shared_token_logps if rl.share_prompts else token_logps
+    taken = iter(frozen_token_logps(model, [seqs[k] for k in todo], logps_of) if todo else [])
     old = [next(taken) if b is None else b.float() for b in stored]
     for k, (o, (ids, p_len)) in enumerate(zip(old, seqs, strict=True)):
         if len(o) != len(ids) - p_len:
@@ -188,7 +191,9 @@ def train_policy_gradient(
                 f"behaviour log-probs of completion {k} have {len(o)} values for its "
                 f"{len(ids) - p_len} tokens (the stop newline included)"
             )
-    ref = frozen_token_logps(reference, seqs) if rl.kl_beta and reference is not None else None
+    ref = None
+    if rl.kl_beta and reference is not None:
+        ref = frozen_token_logps(reference, seqs, logps_of)
 
     total = cfg.steps or math.ceil(cfg.epochs * len(seqs) / cfg.batch_size)
     if optimizer is not None and fsdp.enabled(model):
@@ -206,12 +211,19 @@ def train_policy_gradient(
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
+                if rl.minibatch != "random":
+                    # seqs holds the kept groups' completions one group after another
+                    ends = itertools.accumulate((len(encoded[i]) for i in kept), initial=0)
+                    spans = [list(range(a, b)) for a, b in itertools.pairwise(ends)]
+                    spread = rl.minibatch == "spread"
+                    order = group_batches(spans, cfg.batch_size, total, rng, spread)
+                else:
+                    order = batches([0] * len(seqs), cfg.batch_size, total, rng, bucket=False)
                 for step, idx in enumerate(order):
                     lr = lr_at(step, total, cfg)
                     set_lr(opt, lr)
                     rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                    logps, mask = token_logps(model, [seqs[i] for i in rows])
+                    logps, mask = logps_of(model, [seqs[i] for i in rows])
                     old_b = _pad([old[i] for i in rows], mask)
                     ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
                     if dense is None:

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,9 @@ from reasonloop.models.tokenizer import (
     CharTokenizer,
 )
 from reasonloop.reasoner.format import STEP_SEP
+
+if TYPE_CHECKING:
+    from reasonloop.algorithms.shared_prefix import PrefixTree
 
 RMS_EPS = 1e-5
 WEIGHTS_FILE = "model.safetensors"
@@ -110,6 +113,12 @@ def digit_runs(ids: torch.Tensor, anchor: int = -1) -> torch.Tensor:
     # The position just before each run's first index: the anchor counts as the run's first.
     start = torch.where(digit, -1, torch.where(anchored, t - 1, t)).cummax(dim=1).values
     return torch.where(digit | anchored, t - start, 0)
+
+
+def problem_index(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] index of the problem each token belongs to: a newline closes its own problem."""
+    newline = (ids == NEWLINE_ID).long()
+    return newline.cumsum(-1) - newline
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -354,12 +363,19 @@ class TinyTransformer(nn.Module):
         mask: torch.Tensor | None = None,
         caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         last_only: bool = False,
+        runs: torch.Tensor | None = None,
+        problem: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-norm hidden states [B, T, D] (or [B, D]) that `forward` projects to logits;
-        a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`."""
+        a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`, plus,
+        for a layout where a row is not one sequence (a shared-prefix tree,
+        `algorithms/shared_prefix.py`), each token's digit-run index `runs` and problem index
+        `problem` [B, T] (abacus models), taken from the sequence the token belongs to."""
         x = self.embed(ids)
         if self.abacus_max:
-            x = x + self.abacus(self.abacus_index(digit_runs(ids, self.abacus_anchor), ids))
+            if runs is None:
+                runs = digit_runs(ids, self.abacus_anchor)
+            x = x + self.abacus(self.abacus_index(runs, ids, problem))
         rope = None
         if not self.nope:
             T = ids.shape[1]
@@ -374,14 +390,20 @@ class TinyTransformer(nn.Module):
             x = x[:, -1]
         return F.rms_norm(x, (self.dim,), self.norm, RMS_EPS)
 
-    def abacus_index(self, runs: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def abacus_index(
+        self,
+        runs: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        problem: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Digit-run indices -> abacus embedding rows; in training, shifted per sequence (per
-        problem of the sequence `ids` with `abacus_offset_per_problem`)."""
+        problem of the sequence `ids` with `abacus_offset_per_problem`; `problem` [B, T], when
+        given, is each token's problem index in place of the one `ids` implies)."""
         if self.training and self.abacus_offset:
             # Under torchrun a rank holds some rows of a global batch: it draws for all of them
             # and keeps its own, so each row is shifted as a single process would shift it.
             n, rows = distributed.global_rows(runs.shape[0])
-            per_problem = self.abacus_per_problem and ids is not None
+            per_problem = self.abacus_per_problem and (ids is not None or problem is not None)
             # Per problem: one draw for every possible problem (at most max_seq_len), so the
             # number of draws, and with it the RNG stream, does not depend on the batch.
             shape = (n, self.max_seq_len) if per_problem else (n,) + (1,) * (runs.dim() - 1)
@@ -389,9 +411,9 @@ class TinyTransformer(nn.Module):
             if rows is not None:
                 shift = shift[rows]
             if per_problem:
-                assert ids is not None
-                newline = (ids == NEWLINE_ID).long()
-                problem = newline.cumsum(-1) - newline  # a newline closes its own problem
+                if problem is None:
+                    assert ids is not None
+                    problem = problem_index(ids)
                 shift = shift.gather(1, problem.clamp(max=self.max_seq_len - 1))
             runs = torch.where(runs > 0, runs + shift, 0)
         return runs.clamp(max=self.abacus_max)
@@ -590,6 +612,31 @@ class TinyModel:
         """Final-norm hidden states [B, T, D] of a padded batch, laid out as `forward` does (the
         input of a value head)."""
         return self.module.hidden(input_ids, *self._layout(input_ids, attention_mask))
+
+    def forward_tree(self, tree: PrefixTree) -> torch.Tensor:
+        """Logits [R, T, V] of a shared-prefix batch (`algorithms/shared_prefix.py`): each
+        token at its own sequence's position, with its own sequence's digit-run and problem
+        indices (abacus models)."""
+        if int(tree.positions.max()) >= self.config.max_seq_len:
+            raise ValueError(
+                f"a sequence of {int(tree.positions.max()) + 1} tokens exceeds model.max_seq_len "
+                f"{self.config.max_seq_len}"
+            )
+        device, m = self.device, self.module
+        runs = problem = None
+        if m.abacus_max:
+            rows, source = tree.rows.to(device), tree.source.to(device)
+            runs = digit_runs(rows, m.abacus_anchor).flatten()[source]
+            problem = problem_index(rows).flatten()[source]
+        return m.lm_head(
+            m.hidden(
+                tree.inputs.to(device),
+                tree.positions.to(device),
+                tree.mask.to(device),
+                runs=runs,
+                problem=problem,
+            )
+        )
 
     def _layout(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
