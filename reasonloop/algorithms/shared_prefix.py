@@ -9,6 +9,10 @@ row-per-sequence forward's up to float rounding (`tests/test_shared_prefix.py`),
 layers' work falls by the prompt copies left out: for 3-digit sums (9 prompt tokens, 5 answer
 tokens, groups of 8) from 8 x 13 inputs to 9 + 8 x 4.
 
+One difference in training: the tiny model's random abacus offsets (`model.abacus_offset`) are
+drawn per row, so the completions packed with one prompt share the prompt's draw where one row
+a sequence draws for each (the prompt's digits and its completions' must shift together).
+
 Dense attention over a packed row grows with its length squared, so a completion joins a row only
 while that costs less than a row of its own under `cost(T) = T + T^2 * attention_cost`
 (`attention_cost` ~ 1 / (6 dim): per token and layer the linear layers take about 24 dim^2
