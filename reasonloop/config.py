@@ -879,8 +879,10 @@ class RLConfig(Section):
     minibatch: Literal["random", "groups", "spread"] = "random"
     """grpo, rloo: how a pass's completions are cut into minibatches. `random`: shuffled across
     groups; `groups`: whole groups end to end (verl's contiguous minibatches; with
-    `share_prompts` a prompt is read once per group); `spread`: every group dealt round-robin
-    over the pass, so each step sees as many prompts as it can, a few completions of each."""
+    `share_prompts` a prompt is read once per group, the cheapest, but a step sees few prompts
+    and was measured to learn less per step); `spread`: every group dealt round-robin over the
+    pass, so each step sees as many prompts as it can, a few completions of each (saves only
+    where a pass has fewer groups than a minibatch has rows). docs/benchmarks.md has both."""
     # -- dense rewards and model-based rewards (loop/rl_inputs.py) --
     dense_reward: Literal["none", "implicit", "step-check", "prm"] = "none"
     """Per-token rewards added to the outcome reward (grpo, rloo: their leave-one-out-baselined
