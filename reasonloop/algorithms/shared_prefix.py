@@ -156,7 +156,7 @@ def pack(
         rows=ids_full,
         source=padded(source, 0),
         at=at * label_mask,
-        labels=torch.tensor(labels) * label_mask,
+        labels=torch.tensor(labels),  # zero past each completion's end, as built
         label_mask=label_mask,
     )
 
