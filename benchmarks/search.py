@@ -1,10 +1,11 @@
 """Evaluator-guided search side by side: pass@1, maj@16, ORM and PRM best-of-16, PRM-weighted
 vote, PRM beam search and PRM MCTS at one budget, on held-out tasks the seed solves 20-70% of.
 
-    python benchmarks/search.py [--seeds 0] [--dim 128] [--layers 4] [--seed-steps 800]
-                                [--train-tasks 400] [--k 8] [--label-traces 400] [--mc 8]
-                                [--prm-steps 400] [--label soft] [--heldout 100]
-                                [--budget 16] [--out runs/search]
+    python benchmarks/search.py [--seeds 0 1 2] [--jobs 3] [--dim 64] [--layers 4] [--seed-steps 4000]
+                                [--train-tasks 800] [--label-tasks 800] [--label-temperature 1.5]
+                                [--k 8] [--label-traces 3000] [--mc 16] [--labels full]
+                                [--no-solved-only] [--no-surprise] [--prm-steps 1500]
+                                [--heldout 100] [--budget 16] [--out runs/search]
 
 Per seed, in one process:
 
@@ -13,9 +14,12 @@ Per seed, in one process:
    that some levels are only partly learned. The band: the levels whose greedy pass@1 on probe
    tasks (fresh, never evaluated on) lies in [--band-low, --band-high].
 2. Evaluators: `--k` samples per fresh training task of the band levels, judged by the gold
-   verifier. An ORM trains on all of them; a subset of distinct traces gets Monte-Carlo step
-   labels (Math-Shepherd's full scan, and OmegaPRM's binary search on the same traces with the
-   same rollouts per prefix, for the cost comparison); a PRM trains on the labels.
+   verifier. An ORM trains on all of them. The PRM's pool adds `--k` samples of as many more
+   tasks at `--label-temperature` (wider errors), keeps the traces of tasks some sample solved
+   (`--solved-only`), and `--label-traces` distinct ones get Monte-Carlo step labels
+   (Math-Shepherd's full scan, and OmegaPRM's binary search on the same traces with the same
+   rollouts per prefix, for the cost comparison); a PRM, with its surprise term unless
+   `--no-surprise`, trains on the `--labels` ones.
 3. Search on the held-out tasks of the band levels, all at one budget (`--budget` full
    samples' worth of tokens): the sample-based methods share ONE draw of `--budget` samples per
    task (they differ only by how they select); beam search keeps `beam_width` partial solutions
@@ -33,9 +37,11 @@ with other evaluator or search settings skips it.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import random
 import statistics
 import time
@@ -56,7 +62,7 @@ from reasonloop.config import (
 )
 from reasonloop.evaluator.calibration import auroc
 from reasonloop.evaluator.consensus import majority_vote
-from reasonloop.evaluator.math_shepherd import label_traces
+from reasonloop.evaluator.math_shepherd import label_traces, solved_only
 from reasonloop.evaluator.process_reward_model import (
     AGGREGATIONS,
     PRM_FILE,
@@ -204,6 +210,7 @@ def rate(xs: list[bool]) -> float:
 
 
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)  # a --jobs worker starts with torch's default
     torch.manual_seed(seed)
     family = AdditionFamily(steps=True)
     t_start = time.perf_counter()
@@ -279,11 +286,33 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     ckpt = out / f"evaluators-s{seed}"
     orm.save(ckpt / ORM_FILE)
 
+    # The PRM's traces: the samples above, and as many fresh tasks sampled hotter: at the
+    # policy's temperature the errors are the few the policy makes, and a PRM trained on those
+    # alone does not know a digit changed anywhere else (measured: injected-error localisation
+    # 57% from oracle labels of T=1 samples, 92% from T=1.5 ones; T=1.5 alone lost best-of-16).
+    hot_tasks = [
+        t
+        for lv in band
+        for t in draw(family, train_rng, lv, args.label_tasks // len(band), taken | set(by_id))
+    ]
+    hot = Sampling(temperature=args.label_temperature, max_new_tokens=max_new, seed=45_000 + seed)
+    pool = list(traces)
+    for task, cs in zip(
+        hot_tasks, model.generate([t.prompt for t in hot_tasks], args.k, hot), strict=True
+    ):
+        by_id[task.id] = task
+        for i, c in enumerate(cs):
+            steps, answer = family.parse(c.text)
+            tr = Trace(f"{task.id}/hot{i}", task.id, c.text, steps, answer, "seed")
+            pool.append(tr)
+            verdicts[tr.id] = right(family, task, answer)
+    if args.solved_only:
+        pool = solved_only(pool, verdicts)
     # Distinct (task, text) pairs only: a duplicate's labels would cost rollouts and teach
     # nothing new. Completions without steps stay in: they get one label (their verdict, 0),
     # and a PRM that never saw one rates such a stray answer as highly as a good solution
     # (measured: best-of-16 then picked them).
-    distinct = list({(t.task_id, t.text): t for t in traces}.values())
+    distinct = list({(t.task_id, t.text): t for t in pool}.values())
     chosen = random.Random(50_000 + seed).sample(distinct, min(args.label_traces, len(distinct)))
     labellings = {}
     for method in ("full", "binary"):
@@ -323,6 +352,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         prm_cfg,
         seed + 2,
         balance=args.balance,
+        surprise=args.surprise,
     )
     timings["prm"] = time.perf_counter() - t0
     prm.save(ckpt / PRM_FILE)
@@ -465,7 +495,11 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             "traces": len(traces),
             "right_share": rate(list(verdicts.values())),
             "orm": {k: orm_info[k] for k in ("n", "n_pos", "steps", "loss_last", "train_accuracy")},
-            "prm": {k: prm_info[k] for k in ("n", "places", "skipped", "steps", "loss_last")},
+            "prm": {
+                k: prm_info[k]
+                for k in ("n", "places", "skipped", "steps", "loss_last", "surprise_weight")
+            },
+            "label_pool": len(distinct),
         },
         "labelling": {
             "full": labellings["full"].cost(),
@@ -566,6 +600,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default="runs/search")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     g = ap.add_argument_group("seed model")
     g.add_argument("--dim", type=int, default=64)
     g.add_argument("--layers", type=int, default=4)
@@ -574,30 +609,46 @@ def main() -> None:
     g.add_argument("--seed-levels", nargs="+", type=int, default=[1, 2, 3, 4])
     g.add_argument("--seed-examples", type=int, default=20000)
     g.add_argument("--seed-model", help="a tiny checkpoint directory to use instead of training")
-    g.add_argument("--seed-steps", type=int, default=3000, help="at most (see --check-every)")
+    g.add_argument("--seed-steps", type=int, default=4000, help="at most (see --check-every)")
     g.add_argument("--seed-batch", type=int, default=64)
-    g.add_argument("--seed-lr", type=float, default=0.003)
-    g.add_argument("--check-every", type=int, default=160, help="seed steps between band checks")
+    g.add_argument("--seed-lr", type=float, default=0.001)
+    g.add_argument("--check-every", type=int, default=80, help="seed steps between band checks")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g = ap.add_argument_group("band and held-out tasks")
     g.add_argument("--band-low", type=float, default=0.2)
     g.add_argument("--band-high", type=float, default=0.7)
-    g.add_argument("--master", type=float, default=0.95, help="easier levels' pass@1 at the stop")
+    g.add_argument("--master", type=float, default=0.6, help="easier levels' pass@1 at the stop")
     g.add_argument(
         "--band-margin", type=float, default=0.1, help="the seed stops inside the band by this much"
     )
     g.add_argument("--probe", type=int, default=100, help="probe tasks per level (choose the band)")
     g.add_argument("--heldout", type=int, default=100, help="held-out tasks per band level")
     g = ap.add_argument_group("evaluators")
-    g.add_argument("--train-tasks", type=int, default=400)
+    g.add_argument("--train-tasks", type=int, default=800, help="tasks sampled at T=1")
     g.add_argument("--k", type=int, default=8, help="samples per training task")
     g.add_argument("--orm-steps", type=int, default=400)
-    g.add_argument("--label-traces", type=int, default=400, help="distinct traces MC-labelled")
-    g.add_argument("--mc", type=int, default=8, help="rollouts per labelled prefix")
+    g.add_argument(
+        "--label-tasks", type=int, default=800, help="more tasks, sampled hotter, for the PRM"
+    )
+    g.add_argument("--label-temperature", type=float, default=1.5)
+    g.add_argument("--label-traces", type=int, default=3000, help="distinct traces MC-labelled")
+    g.add_argument(
+        "--solved-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="label only traces of tasks some sample solved",
+    )
+    g.add_argument(
+        "--surprise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the PRM's learned surprise term",
+    )
+    g.add_argument("--mc", type=int, default=16, help="rollouts per labelled prefix")
     g.add_argument("--labels", choices=["full", "binary"], default="full")
-    g.add_argument("--label", choices=["soft", "hard"], default="soft")
+    g.add_argument("--label", choices=["soft", "hard"], default="hard")
     g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--prm-steps", type=int, default=400)
+    g.add_argument("--prm-steps", type=int, default=1500)
     g.add_argument("--rm-lr", type=float, default=1e-3)
     g.add_argument("--injected", type=int, default=200)
     g = ap.add_argument_group("search")
@@ -612,10 +663,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for seed in args.seeds:
-        r = run_seed(args, seed, out)
-        results.append(r)
+    if args.jobs > 1:
+        # Seeds in parallel processes; each seed's figures do not depend on the others.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            n = len(args.seeds)
+            results = list(pool.map(run_seed, [args] * n, args.seeds, [out] * n))
+    else:
+        results = [run_seed(args, seed, out) for seed in args.seeds]
+    for r in results:
         print_seed(r, args.budget)
     if len(results) > 1:
         print_mean(results, args.budget)

@@ -694,6 +694,9 @@ class ProcessRewardModelConfig(Section):
     """How a trace's step scores become one score (filtering, ranking, calibration)."""
     temperature: float = Field(1.0, ge=0)
     """Sampling temperature of the rollouts."""
+    solved_only: bool = True
+    """Label only traces of tasks that one of the round's samples solved: on a task the policy
+    never solves, rollouts fail from every prefix and the labels blame the first step."""
     max_traces: int = Field(200, ge=1)
     """Traces labelled per round (a seeded random subset of the round's sampled traces), so the
     labelling cost stays bounded: at most max_traces * steps * mc_samples rollouts."""
@@ -703,6 +706,10 @@ class ProcessRewardModelConfig(Section):
     """The PRM's own optimiser and schedule."""
     balance: bool = True
     """Weight the places labelled >= 0.5 by n_low / n_high (most steps of most traces are good)."""
+    surprise: bool = True
+    """Add a learned weight times each step's surprise (the least log-probability of its tokens
+    under the PRM's own LM head) to its logit. Off: the plain value head at the separator,
+    which a tiny model does not learn to check steps with (docs/benchmarks.md)."""
     carry: bool = True
     """Continue from the previous round's PRM when its checkpoint has one; else start from a
     fresh copy of the policy that sampled the round."""

@@ -15,8 +15,15 @@ from reasonloop.evaluator.math_shepherd import (
     label_traces,
     labels_from_first_error,
     mc_labels,
+    solved_only,
     step_prefix,
 )
+from reasonloop.evaluator.process_reward_model import (
+    ProcessRewardModel,
+    calibration_report,
+    train_prm,
+)
+from reasonloop.models.base import Sampling
 from reasonloop.models.tiny import TinyModel
 from reasonloop.tasks.families.addition import AdditionFamily
 from reasonloop.types import SFTExample, Trace
@@ -69,6 +76,13 @@ def test_binary_search_edge_cases() -> None:
     assert first_failure(lambda i: True, 0) == (None, [])
     assert labels_from_first_error(4, 0) == [0.0, 0.0, 0.0, 0.0]
     assert labels_from_first_error(4, None) == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_solved_only_keeps_the_traces_of_tasks_some_sample_solved() -> None:
+    traces = [Trace(f"{t}/{i}", t, "", [], None, "test") for t in "abc" for i in range(2)]
+    verdicts = {"a/0": False, "a/1": True, "b/0": False, "b/1": False, "c/1": True}
+    assert [t.id for t in solved_only(traces, verdicts)] == ["a/0", "a/1", "c/0", "c/1"]
+    assert solved_only(traces, {}) == []
 
 
 def test_step_prefix_ends_with_its_separator() -> None:
@@ -138,3 +152,56 @@ def test_rollout_labels_find_a_wrong_first_step_and_binary_search_is_cheaper(lea
     mean_right = sum(full.labels[i].soft[0] for i in right) / len(right)
     assert mean_right > 0.5, mean_right
     assert all(binary.labels[i].hard == [1.0] * (len(traces[i].steps) + 1) for i in right)
+
+
+def test_a_prm_on_its_policys_labels_locates_injected_errors_with_its_surprise_term(
+    learned,
+) -> None:
+    # The whole recipe, real parts only: hot samples of the policy, kept where some sample
+    # solved the task, binary-search labels from the policy's rollouts, a PRM copied from the
+    # policy; then held-out references with one wrong digit injected. A 2-step trace: a guess
+    # is right half the time, which the plain head stays near (measured 0.52, surprise 0.97).
+    model, fam = learned
+    rng = random.Random(1)
+    train = {t.id: t for t in (fam.make(rng, 2) for _ in range(300))}
+    comps = model.generate(
+        [t.prompt for t in train.values()], 4, Sampling(1.5, max_new_tokens=40, seed=1)
+    )
+    traces, verdicts = [], {}
+    for t, cs in zip(train.values(), comps, strict=True):
+        for i, c in enumerate(cs):
+            steps, answer = fam.parse(c.text)
+            tr = Trace(f"{t.id}/{i}", t.id, c.text, steps, answer, "test")
+            traces.append(tr)
+            verdicts[tr.id] = fam.verify(t, answer) == 1.0
+    assert 0.2 < sum(verdicts.values()) / len(verdicts) < 0.9  # hot: errors to learn from
+    pool = list({(t.task_id, t.text): t for t in solved_only(traces, verdicts)}.values())
+    labels = {
+        x.trace_id: x.hard
+        for x in label_traces(
+            model, fam, train, pool, verdicts, 8, 2, 40, binary_search=True
+        ).labels
+    }
+    held_rng = random.Random(2)
+    held = {t.id: t for t in (fam.make(held_rng, 2) for _ in range(300)) if t.id not in train}
+    located = {}
+    for surprise in (True, False):
+        torch.manual_seed(0)
+        prm = ProcessRewardModel.from_policy(model)
+        cfg = TrainConfig(lr=1e-3, steps=200, batch_size=32, warmup_steps=10)
+        info = train_prm(
+            prm,
+            [train[t.task_id].prompt for t in pool],
+            [t.text for t in pool],
+            [labels[t.id] for t in pool],
+            cfg,
+            0,
+            balance=True,
+            surprise=surprise,
+        )
+        assert (info["surprise_weight"] > 0) == surprise
+        report = calibration_report(prm, fam, held, [], {}, "min", injected=200, seed=5)
+        assert report["first_error_chance_injected"] == 0.5
+        located[surprise] = report["first_error_accuracy_injected"]
+    assert located[True] > 0.8, located
+    assert located[False] < located[True] - 0.2, located

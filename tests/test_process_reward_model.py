@@ -19,12 +19,14 @@ import pytest
 import torch
 
 from reasonloop.algorithms.dense_reward import step_end_tokens
+from reasonloop.algorithms.logprobs import token_logps
 from reasonloop.algorithms.value_head import Critic
 from reasonloop.config import ConfigError, ModelConfig, TrainConfig, load_config
 from reasonloop.evaluator.calibration import auroc
 from reasonloop.evaluator.math_shepherd import labels_from_first_error
 from reasonloop.evaluator.process_reward_model import (
     PRM_FILE,
+    SURPRISE_SCALE,
     ProcessRewardModel,
     aggregate,
     calibration_report,
@@ -174,6 +176,43 @@ def test_a_fresh_prm_is_neutral_scores_every_place_and_leaves_the_policy_alone()
     assert all(x != 0.5 for x in moved)
 
 
+def test_the_surprise_term_is_the_least_log_prob_of_each_steps_tokens() -> None:
+    # By hand against the policy's own token log-probs: logit = head + SCALE * w * (least
+    # log p of the tokens since the previous place); off, the head alone.
+    policy = TinyModel.create(CFG, 3)
+    prm = ProcessRewardModel.from_policy(policy)
+    with torch.no_grad():
+        prm.head.bias.fill_(0.25)
+        prm.surprise.weight.fill_(0.07)
+    prompts = ["sort:4,2,1=", "sort:3,1="]
+    comps = ["1;1,2#1,2,4", "1;1,3;"]
+    enc = prm.encode(prompts, comps)
+    with torch.no_grad():
+        token, _ = token_logps(policy, [(ids, p_len) for ids, p_len, _ in enc])
+    with torch.no_grad():
+        logits, mask = prm.logits(enc)
+    for r, (_, p_len, pos) in enumerate(enc):
+        start = p_len
+        for u, end in enumerate(pos):
+            # token_logps' column t - 1 holds log p of input token t
+            least = min(float(token[r, t - 1]) for t in range(start, end + 1))
+            want = 0.25 + SURPRISE_SCALE * 0.07 * least
+            assert float(logits[r, u]) == pytest.approx(want, abs=1e-4), (r, u)
+            start = end + 1
+        assert int(mask[r].sum()) == len(pos)
+    prm.use_surprise(False)
+    assert float(prm.surprise.weight) == 0.0 and not prm.surprise.weight.requires_grad
+    with torch.no_grad():
+        plain, _ = prm.logits(enc)
+    assert torch.allclose(plain[mask], torch.full_like(plain[mask], 0.25))
+    # trained with the term off, the weight stays at zero
+    cfg = TrainConfig(lr=1e-2, steps=2, warmup_steps=0, batch_size=2)
+    info = train_prm(prm, prompts, comps, [[1.0, 0.0, 0.0], [1.0, 0.0]], cfg, 0, surprise=False)
+    assert info["surprise_weight"] == 0.0
+    info = train_prm(prm, prompts, comps, [[1.0, 0.0, 0.0], [1.0, 0.0]], cfg, 0)
+    assert info["surprise_weight"] != 0.0
+
+
 def test_train_prm_skips_misaligned_labels_and_refuses_bad_ones() -> None:
     prm = ProcessRewardModel.from_policy(TinyModel.create(CFG, 0))
     cfg = TrainConfig(lr=1e-3, steps=2, warmup_steps=0, batch_size=2)
@@ -268,7 +307,8 @@ def learned() -> tuple[ProcessRewardModel, SortingFamily, dict[str, Task], dict]
         TinyModel.create(ModelConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=64, threads=1), 0)
     )
     cfg = TrainConfig(lr=3e-3, steps=400, batch_size=32, warmup_steps=10)
-    info = train_prm(prm, prompts, comps, labels, cfg, seed=0)
+    # The policy is untrained here, so its surprise is noise: the head alone is under test.
+    info = train_prm(prm, prompts, comps, labels, cfg, seed=0, surprise=False)
     return prm, fam, dict(list(held.items())[:200]), info
 
 
@@ -438,7 +478,12 @@ def test_prm_loop_checkpoints_and_step_records(prm_run: Path) -> None:
         assert steps and {j.level for j in steps} == {"step"} and {j.round for j in steps} == {r}
         labels = [j for j in steps if j.evaluator == f"math-shepherd:r{r}"]
         scored = [j for j in steps if j.evaluator == f"prm:r{r}"]
-        assert len(labels) == 12 and len(labels) + len(scored) == len(steps)
+        assert len(labels) + len(scored) == len(steps)
+        # solved_only: only traces of tasks one of the round's samples solved, 12 at most
+        solved = {traces[t].task_id for t, ok in outcome.items() if ok}
+        eligible = [t for t in traces.values() if t.id in outcome and t.task_id in solved]
+        assert len(labels) == min(12, len(eligible)) > 0
+        assert {traces[j.trace_id].task_id for j in labels} <= solved
         for j in labels:  # one label per step, then the answer's: the trace's verdict
             tr = traces[j.trace_id]
             assert tasks[tr.task_id].answer is not None
@@ -489,11 +534,13 @@ def test_prm_loop_reports_calibration_cost_and_drops(prm_run: Path) -> None:
         assert cal["first_error_n"] > 0 and 0.0 <= cal["first_error_accuracy"] <= 1.0
         assert cal["injected_n"] == 8 and 0.0 <= cal["first_error_accuracy_injected"] <= 1.0
         cost = cal["labelling"]
-        assert cost["method"] == "full" and cost["traces"] == 12
+        # at most max_traces, fewer where fewer tasks were solved (solved_only)
+        assert cost["method"] == "full" and 0 < cost["traces"] <= 12
         # full scan: mc_samples rollouts from every step prefix
         assert cost["prefixes"] == cost["steps"] > 0 and cost["rollouts"] == 2 * cost["steps"]
         assert cost["rollouts_per_step"] == 2.0 and cost["seconds"] >= 0
-        assert cal["train"]["steps"] == PRM_STEPS and cal["train"]["n"] <= 12
+        assert cal["train"]["steps"] == PRM_STEPS and cal["train"]["n"] <= cost["traces"]
+        assert cal["train"]["surprise_weight"] != 0.0  # on by default, and trained
         # the PRM's drops are in the round's counts, with their reason
         assert m["data"]["dropped"].get("prm_score below 0.5", 0) == cal["dropped"].get(
             "prm_score below 0.5", 0

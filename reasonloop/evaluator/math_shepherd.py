@@ -71,6 +71,18 @@ def labels_from_first_error(k: int, first: int | None) -> list[float]:
     return [1.0 if first is None or i < first else 0.0 for i in range(k)]
 
 
+def solved_only(traces: Sequence[Trace], verdicts: dict[str, bool]) -> list[Trace]:
+    """The traces whose task at least one of `traces` solved (by `verdicts`).
+
+    Why: on a task the policy never solves, rollouts from every prefix fail as well, so every
+    step of every trace gets label 0 and the first step is blamed for what the policy cannot
+    do later. Measured on 3-4 digit addition (a seed at 50% per sample, 8 rollouts): the
+    Monte-Carlo first error matched the family's own step check on 72% of wrong traces, 88%
+    with this filter."""
+    solved = {t.task_id for t in traces if verdicts.get(t.id)}
+    return [t for t in traces if t.task_id in solved]
+
+
 def step_prefix(steps: Sequence[str], i: int) -> str:
     """The completion text up to and including step i and its separator (`;`, or `#` after the
     last step)."""

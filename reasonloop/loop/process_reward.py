@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.config import RunConfig
-from reasonloop.evaluator.math_shepherd import label_traces
+from reasonloop.evaluator.math_shepherd import label_traces, solved_only
 from reasonloop.evaluator.process_reward_model import (
     ProcessRewardModel,
     aggregate,
@@ -64,6 +64,8 @@ def label_train_filter(
         for t in traces
         if t.id in verdicts and not t.decoding.get("hint") and tasks[t.task_id].answer is not None
     ]
+    if pc.solved_only:
+        sampled = solved_only(sampled, verdicts)
     rng = random.Random(seed)
     chosen = rng.sample(sampled, min(pc.max_traces, len(sampled)))
     labelling = label_traces(
@@ -97,6 +99,7 @@ def label_train_filter(
         pc.balance,
         # A training step like the Reasoner's: the resume tests' `train` kill point lands here too.
         on_step=lambda _: faults.hit("train"),
+        surprise=pc.surprise,
     )
     prm.save(save_to)
 
@@ -128,7 +131,16 @@ def label_train_filter(
         Judgement(t.id, f"prm:r{r}", "step", s, score[t.id] >= pc.threshold, round=r)
         for t, s in zip(kept, step, strict=True)
     ]
-    train_keys = ("n", "places", "skipped", "steps", "seconds", "loss_first", "loss_last")
+    train_keys = (
+        "n",
+        "places",
+        "skipped",
+        "steps",
+        "seconds",
+        "loss_first",
+        "loss_last",
+        "surprise_weight",
+    )
     dropped: dict[str, int] = defaultdict(int)
     for reason in why.values():
         dropped[reason] += 1

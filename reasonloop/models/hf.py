@@ -371,6 +371,11 @@ class HFModel:
         runs, so no [B, T, V] logits are computed."""
         return self._lm.base_model(**self._inputs(input_ids, attention_mask)).last_hidden_state
 
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of `hidden_states`' output: the output embedding alone (a model that
+        rescales or soft-caps its logits in `forward` is not matched exactly)."""
+        return self._lm.get_output_embeddings()(hidden)
+
     def _inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> dict[str, Any]:

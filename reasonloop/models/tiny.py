@@ -613,6 +613,10 @@ class TinyModel:
         input of a value head)."""
         return self.module.hidden(input_ids, *self._layout(input_ids, attention_mask))
 
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of final-norm hidden states (`hidden_states`' output)."""
+        return self.module.lm_head(hidden)
+
     def forward_tree(self, tree: PrefixTree) -> torch.Tensor:
         """Logits [R, T, V] of a shared-prefix batch (`algorithms/shared_prefix.py`): each
         token at its own sequence's position, with its own sequence's digit-run and problem
