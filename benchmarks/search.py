@@ -1,13 +1,14 @@
 """Evaluator-guided search side by side: pass@1, maj@16, ORM and PRM best-of-16, PRM-weighted
 vote, PRM beam search and PRM MCTS at one budget, on held-out tasks the seed solves 20-70% of.
 
-    python benchmarks/search.py [--seeds 0 1 2] [--jobs 3] [--dim 64] [--layers 4] [--seed-steps 4000]
-                                [--train-tasks 800] [--label-tasks 800] [--label-temperature 1.5]
-                                [--k 8] [--label-traces 3000] [--mc 16] [--labels full]
+    python benchmarks/search.py [--seeds 0 1 2] [--jobs 3] [--dim 64] [--layers 4]
+                                [--seed-steps 4000] [--train-tasks 800] [--label-tasks 800]
+                                [--label-temperature 1.5] [--k 8] [--label-traces 3000]
+                                [--mc 16] [--labels full]
                                 [--no-solved-only] [--no-surprise] [--prm-steps 1500]
                                 [--heldout 100] [--budget 16] [--out runs/search]
 
-Per seed, in one process:
+Per seed, in one process (`--jobs`: seeds in parallel processes):
 
 1. Seed: a tiny model is SFT-trained on reference traces of step-format addition
    (`x+y+c=t` per column, then `#` and the answer) of the seed levels, deliberately briefly, so

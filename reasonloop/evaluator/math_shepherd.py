@@ -76,7 +76,7 @@ def solved_only(traces: Sequence[Trace], verdicts: dict[str, bool]) -> list[Trac
 
     Why: on a task the policy never solves, rollouts from every prefix fail as well, so every
     step of every trace gets label 0 and the first step is blamed for what the policy cannot
-    do later. Measured on 3-4 digit addition (a seed at 50% per sample, 8 rollouts): the
+    do later. Measured on 3-4 digit addition (samples at T=1.5, 29% right; 8 rollouts): the
     Monte-Carlo first error matched the family's own step check on 72% of wrong traces, 88%
     with this filter."""
     solved = {t.task_id for t in traces if verdicts.get(t.id)}
