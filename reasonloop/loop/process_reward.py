@@ -1,12 +1,13 @@
 """The process reward model's part of a round (`evaluator.process_reward_model`), kept out of
 `run.py`, which calls it at three places:
 
-- process phase (`label_train_filter`): a seeded subset of the round's sampled traces (of tasks
-  one of them solved, with `solved_only`) gets Monte-Carlo step labels from rollouts of the
-  round's starting model (`math_shepherd.py`); the PRM (carried from the previous checkpoint,
-  or a fresh copy of the policy) trains on them and is written to the round directory; then it
-  scores the traces the outcome evaluator kept, drops those whose aggregated score is below
-  the threshold, and keeps the best `top_k` per task. Every draw comes from the phase's seed, so a redone phase writes the same records.
+- process phase (`label_train_filter`): a seeded subset of the round's sampled traces (of tasks one
+  of them solved, with `solved_only`) gets Monte-Carlo step labels from rollouts of the round's
+  starting model (`math_shepherd.py`); the PRM (carried from the previous checkpoint, or a fresh
+  copy of the policy) trains on them and is written to the round directory; then it scores the
+  traces the outcome evaluator kept, drops those whose aggregated score is below the threshold, and
+  keeps the best `top_k` per task. Every draw comes from the phase's seed, so a redone phase writes
+  the same records.
 - train phase: `run.py` copies the round's PRM into the checkpoint (`prm.safetensors`), so the
   next round carries it and eval reads it from there.
 - eval phase (`calibrate`): the PRM scores samples of the held-out tasks from the round's model
