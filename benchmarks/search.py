@@ -206,6 +206,21 @@ def greedy_pass(model: LanguageModel, family: AdditionFamily, tasks: list[Task],
     )
 
 
+def judged(
+    family: AdditionFamily, tasks: list[Task], comps: list, tag: str
+) -> tuple[list[Trace], dict[str, bool]]:
+    """Each task's sampled completions as traces (ids `task/{tag}{i}`) and their gold verdicts."""
+    traces: list[Trace] = []
+    verdicts: dict[str, bool] = {}
+    for task, cs in zip(tasks, comps, strict=True):
+        for i, c in enumerate(cs):
+            steps, answer = family.parse(c.text)
+            tr = Trace(f"{task.id}/{tag}{i}", task.id, c.text, steps, answer, "seed")
+            traces.append(tr)
+            verdicts[tr.id] = right(family, task, answer)
+    return traces, verdicts
+
+
 def rate(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -261,14 +276,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     ]
     sampling = Sampling(temperature=1.0, max_new_tokens=max_new, seed=40_000 + seed)
     comps = model.generate([t.prompt for t in train_tasks], args.k, sampling)
-    traces: list[Trace] = []
-    verdicts: dict[str, bool] = {}
-    for task, cs in zip(train_tasks, comps, strict=True):
-        for i, c in enumerate(cs):
-            steps, answer = family.parse(c.text)
-            tr = Trace(f"{task.id}/{i}", task.id, c.text, steps, answer, "seed")
-            traces.append(tr)
-            verdicts[tr.id] = right(family, task, answer)
+    traces, verdicts = judged(family, train_tasks, comps, "")
     by_id = {t.id: t for t in train_tasks}
     timings["sample"] = time.perf_counter() - t0
 
@@ -297,16 +305,11 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         for t in draw(family, train_rng, lv, args.label_tasks // len(band), taken | set(by_id))
     ]
     hot = Sampling(temperature=args.label_temperature, max_new_tokens=max_new, seed=45_000 + seed)
-    pool = list(traces)
-    for task, cs in zip(
-        hot_tasks, model.generate([t.prompt for t in hot_tasks], args.k, hot), strict=True
-    ):
-        by_id[task.id] = task
-        for i, c in enumerate(cs):
-            steps, answer = family.parse(c.text)
-            tr = Trace(f"{task.id}/hot{i}", task.id, c.text, steps, answer, "seed")
-            pool.append(tr)
-            verdicts[tr.id] = right(family, task, answer)
+    hot_comps = model.generate([t.prompt for t in hot_tasks], args.k, hot)
+    hot_traces, hot_verdicts = judged(family, hot_tasks, hot_comps, "hot")
+    by_id |= {t.id: t for t in hot_tasks}
+    verdicts |= hot_verdicts
+    pool = traces + hot_traces
     if args.solved_only:
         pool = solved_only(pool, verdicts)
     # Distinct (task, text) pairs only: a duplicate's labels would cost rollouts and teach
