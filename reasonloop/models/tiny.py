@@ -632,7 +632,7 @@ class TinyModel:
             rows, source = tree.rows.to(device), tree.source.to(device)
             runs = digit_runs(rows, m.abacus_anchor).flatten()[source]
             problem = problem_index(rows).flatten()[source]
-        return m.lm_head(
+        return self.lm_logits(
             m.hidden(
                 tree.inputs.to(device),
                 tree.positions.to(device),
