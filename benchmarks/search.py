@@ -5,7 +5,8 @@ vote, PRM beam search and PRM MCTS at one budget, on held-out tasks the seed sol
                                 [--seed-steps 4000] [--train-tasks 800] [--label-tasks 800]
                                 [--label-temperature 1.5] [--k 8] [--label-traces 3000]
                                 [--mc 16] [--labels full]
-                                [--no-solved-only] [--no-surprise] [--prm-steps 1500]
+                                [--no-solved-only] [--no-surprise] [--corruptions 1.0]
+                                [--prm-steps 1500]
                                 [--heldout 100] [--budget 16] [--out runs/search]
 
 Per seed, in one process (`--jobs`: seeds in parallel processes):
@@ -20,7 +21,9 @@ Per seed, in one process (`--jobs`: seeds in parallel processes):
    (`--solved-only`), and `--label-traces` distinct ones get Monte-Carlo step labels
    (Math-Shepherd's full scan, and OmegaPRM's binary search on the same traces with the same
    rollouts per prefix, for the cost comparison); a PRM, with its surprise term unless
-   `--no-surprise`, trains on the `--labels` ones.
+   `--no-surprise`, trains on the `--labels` ones, plus, for a `--corruptions` share of the
+   traces that start with a good step, a copy with one digit of such a step changed and labelled
+   bad from there on (`evaluator/step_corruption.py`).
 3. Search on the held-out tasks of the band levels, all at one budget (`--budget` full
    samples' worth of tokens): the sample-based methods share ONE draw of `--budget` samples per
    task (they differ only by how they select); beam search keeps `beam_width` partial solutions
@@ -73,6 +76,7 @@ from reasonloop.evaluator.process_reward_model import (
     train_prm,
 )
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, train_orm
+from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.loop.heldout_search import search_metrics
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.tiny import TinyModel
@@ -348,11 +352,18 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     prm = ProcessRewardModel.from_policy(model)
     prm_cfg = TrainConfig(lr=args.rm_lr, steps=args.prm_steps, batch_size=32, warmup_steps=20)
-    prm_info = train_prm(
-        prm,
+    prm_prompts, prm_texts, prm_labels, corrupted = with_corruptions(
         [by_id[t.task_id].prompt for t in chosen],
         [t.text for t in chosen],
         [lab[t.id].soft if args.label == "soft" else lab[t.id].hard for t in chosen],
+        args.corruptions,
+        random.Random(70_000 + seed),
+    )
+    prm_info = train_prm(
+        prm,
+        prm_prompts,
+        prm_texts,
+        prm_labels,
         prm_cfg,
         seed + 2,
         balance=args.balance,
@@ -504,6 +515,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                 for k in ("n", "places", "skipped", "steps", "loss_last", "surprise_weight")
             },
             "label_pool": len(distinct),
+            "corrupted": corrupted,
         },
         "labelling": {
             "full": labellings["full"].cost(),
@@ -647,6 +659,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the PRM's learned surprise term",
+    )
+    g.add_argument(
+        "--corruptions",
+        type=float,
+        default=1.0,
+        help="share of all-good labelled traces the PRM also sees with one digit of a step changed",
     )
     g.add_argument("--mc", type=int, default=16, help="rollouts per labelled prefix")
     g.add_argument("--labels", choices=["full", "binary"], default="full")

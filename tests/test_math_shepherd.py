@@ -23,6 +23,7 @@ from reasonloop.evaluator.process_reward_model import (
     calibration_report,
     train_prm,
 )
+from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.models.base import Sampling
 from reasonloop.models.tiny import TinyModel
 from reasonloop.tasks.families.addition import AdditionFamily
@@ -184,24 +185,23 @@ def test_a_prm_on_its_policys_labels_locates_injected_errors_with_its_surprise_t
     }
     held_rng = random.Random(2)
     held = {t.id: t for t in (fam.make(held_rng, 2) for _ in range(300)) if t.id not in train}
+    prompts = [train[t.task_id].prompt for t in pool]
+    texts = [t.text for t in pool]
+    ys = [labels[t.id] for t in pool]
     located = {}
-    for surprise in (True, False):
+    for surprise, corruptions in ((True, 0.0), (False, 0.0), (False, 1.0)):
         torch.manual_seed(0)
         prm = ProcessRewardModel.from_policy(model)
         cfg = TrainConfig(lr=1e-3, steps=200, batch_size=32, warmup_steps=10)
-        info = train_prm(
-            prm,
-            [train[t.task_id].prompt for t in pool],
-            [t.text for t in pool],
-            [labels[t.id] for t in pool],
-            cfg,
-            0,
-            balance=True,
-            surprise=surprise,
-        )
+        p, c, y, added = with_corruptions(prompts, texts, ys, corruptions, random.Random(3))
+        assert (added > 0) == (corruptions > 0)
+        info = train_prm(prm, p, c, y, cfg, 0, balance=True, surprise=surprise)
         assert (info["surprise_weight"] > 0) == surprise
         report = calibration_report(prm, fam, held, [], {}, "min", injected=200, seed=5)
         assert report["first_error_chance_injected"] == 0.5
-        located[surprise] = report["first_error_accuracy_injected"]
-    assert located[True] > 0.8, located
-    assert located[False] < located[True] - 0.2, located
+        located[surprise, corruptions] = report["first_error_accuracy_injected"]
+    assert located[True, 0.0] > 0.8, located
+    assert located[False, 0.0] < located[True, 0.0] - 0.2, located
+    # Without the surprise term, corrupted copies of the good steps teach the plain head what
+    # rollouts cannot (measured 0.705 against 0.515).
+    assert located[False, 1.0] > located[False, 0.0] + 0.1, located

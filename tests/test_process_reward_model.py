@@ -524,7 +524,7 @@ def test_prm_loop_reports_calibration_cost_and_drops(prm_run: Path) -> None:
     rounds = summary["rounds"]
     assert summary["complete"] and [m["round"] for m in rounds] == [0, 1, 2]
     assert "calibration" not in rounds[0]
-    aurocs, drops = [], 0
+    aurocs, drops, corrupted = [], 0, 0
     for m in rounds[1:]:
         cal = m["calibration"]["prm"]
         assert cal["n"] == 8 * 2 and 0 <= cal["positives"] <= cal["n"]  # held-out x samples
@@ -539,7 +539,11 @@ def test_prm_loop_reports_calibration_cost_and_drops(prm_run: Path) -> None:
         # full scan: mc_samples rollouts from every step prefix
         assert cost["prefixes"] == cost["steps"] > 0 and cost["rollouts"] == 2 * cost["steps"]
         assert cost["rollouts_per_step"] == 2.0 and cost["seconds"] >= 0
-        assert cal["train"]["steps"] == PRM_STEPS and cal["train"]["n"] <= cost["traces"]
+        # the labelled traces, and one corrupted copy at most of each (corruptions: 1.0)
+        train = cal["train"]
+        assert train["steps"] == PRM_STEPS and 0 <= train["corrupted"] <= cost["traces"]
+        assert train["n"] - train["corrupted"] <= cost["traces"]
+        corrupted += train["corrupted"]
         assert cal["train"]["surprise_weight"] != 0.0  # on by default, and trained
         # the PRM's drops are in the round's counts, with their reason
         assert m["data"]["dropped"].get("prm_score below 0.5", 0) == cal["dropped"].get(
@@ -553,6 +557,7 @@ def test_prm_loop_reports_calibration_cost_and_drops(prm_run: Path) -> None:
         assert metrics["calibration"]["prm"] == cal
     assert [m["calibration"]["prm"]["train"]["carried"] for m in rounds[1:]] == [False, True]
     assert drops > 0  # this run's PRM does reject some of the verifier's kept traces
+    assert corrupted > 0
     assert any(a is not None for a in aurocs)  # some round has both right and wrong samples
 
 

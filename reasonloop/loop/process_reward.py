@@ -29,6 +29,7 @@ from reasonloop.evaluator.process_reward_model import (
     calibration_report,
     train_prm,
 )
+from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.loop import faults
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.rollouts import Rollouts
@@ -90,11 +91,19 @@ def label_train_filter(
         if carried
         else ProcessRewardModel.from_policy(model)
     )
-    info = train_prm(
-        prm,
+    # Corrupted copies are not records: they follow from the labels and the phase's seed.
+    prompts, texts, labels, corrupted = with_corruptions(
         [tasks[t.task_id].prompt for t, _ in labelled],
         [t.text for t, _ in labelled],
         [x.soft if pc.label == "soft" else x.hard for _, x in labelled],
+        pc.corruptions,
+        random.Random(seed + 2),
+    )
+    info = train_prm(
+        prm,
+        prompts,
+        texts,
+        labels,
         pc.train,
         seed + 1,
         pc.balance,
@@ -150,7 +159,8 @@ def label_train_filter(
         records,
         {
             "labelling": labelling.cost(),
-            "train": {k: info[k] for k in train_keys} | {"carried": carried},
+            "train": {k: info[k] for k in train_keys}
+            | {"carried": carried, "corrupted": corrupted},
             "scored": len(kept),
             "dropped": dict(dropped),
         },
