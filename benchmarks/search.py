@@ -664,7 +664,7 @@ def main() -> None:
         "--corruptions",
         type=float,
         default=1.0,
-        help="share of all-good labelled traces the PRM also sees with one digit of a step changed",
+        help="share of the labelled traces the PRM also sees with a digit of a good step changed",
     )
     g.add_argument("--mc", type=int, default=16, help="rollouts per labelled prefix")
     g.add_argument("--labels", choices=["full", "binary"], default="full")

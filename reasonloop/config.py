@@ -711,10 +711,10 @@ class ProcessRewardModelConfig(Section):
     under the PRM's own LM head) to its logit. Off: the plain value head at the separator,
     which a tiny model does not learn to check steps with (docs/benchmarks.md)."""
     corruptions: float = Field(1.0, ge=0, le=1)
-    """Share of the labelled traces whose every label is good that the PRM also trains on with
-    one digit of one step changed, that step and the rest labelled bad
-    (`evaluator/step_corruption.py`): Monte-Carlo labels call a slip good whenever a rollout
-    recovers from it. 0: MC labels only."""
+    """Share of the labelled traces that start with a good step which the PRM also trains on
+    with one digit of one of their leading good steps changed, that step and the rest labelled
+    bad (`evaluator/step_corruption.py`): Monte-Carlo labels call a slip good whenever a
+    rollout recovers from it. 0: MC labels only."""
     carry: bool = True
     """Continue from the previous round's PRM when its checkpoint has one; else start from a
     fresh copy of the policy that sampled the round."""

@@ -26,12 +26,10 @@ from collections.abc import Sequence
 from reasonloop.reasoner.format import ANSWER_MARK, STEP_SEP
 
 
-def corrupt(
-    completion: str, rng: random.Random, first: int = 0, stop: int | None = None
-) -> tuple[str, int] | None:
+def corrupt(completion: str, rng: random.Random, stop: int | None = None) -> tuple[str, int] | None:
     """`completion` (`step;...;step#answer`) with one digit of one step changed to another:
     (text, index of the changed step, counting non-empty steps as `format.parse` does). The step
-    is drawn among those with index in [first, stop) that hold a digit; None when there is none."""
+    is drawn among those before index `stop` that hold a digit; None when there is none."""
     line, nl, rest = completion.partition("\n")
     if ANSWER_MARK not in line:
         return None
@@ -39,7 +37,7 @@ def corrupt(
     steps = body.split(STEP_SEP)
     real = [i for i, s in enumerate(steps) if s]  # raw index of the k-th non-empty step
     end = len(real) if stop is None else min(stop, len(real))
-    with_digits = [k for k in range(first, end) if any(ch.isdigit() for ch in steps[real[k]])]
+    with_digits = [k for k in range(end) if any(ch.isdigit() for ch in steps[real[k]])]
     if not with_digits:
         return None
     k = rng.choice(with_digits)
@@ -76,7 +74,7 @@ def with_corruptions(
         sound = next((i for i, v in enumerate(y[:-1]) if v < good), len(y) - 1)
         if sound == 0 or rng.random() >= share:
             continue
-        made = corrupt(c, rng, 0, sound)
+        made = corrupt(c, rng, sound)
         if made is None:
             continue
         text, k = made
