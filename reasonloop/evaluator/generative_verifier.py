@@ -35,6 +35,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from reasonloop.evaluator.step_corruption import change_digit
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.tasks.base import Family
 from reasonloop.types import Judgement, PreferencePair, SFTExample, Task, Trace
@@ -117,12 +118,9 @@ def corrupted_items(
             continue
         text = t.text.split("\n", 1)[0]
         out.append((task, text, family.verify(task, family.parse(text)[1]) == 1.0))
-        digits = [i for i, ch in enumerate(text) if ch.isdigit()]
-        if not digits:
+        bad = change_digit(text, rng)
+        if bad is None:
             continue
-        i = rng.choice(digits)
-        new = rng.choice([d for d in "0123456789" if d != text[i]])
-        bad = text[:i] + new + text[i + 1 :]
         out.append((task, bad, family.verify(task, family.parse(bad)[1]) == 1.0))
     return out
 

@@ -26,10 +26,24 @@ from collections.abc import Sequence
 from reasonloop.reasoner.format import ANSWER_MARK, STEP_SEP
 
 
+def change_digit(text: str, rng: random.Random) -> str | None:
+    """`text` with one of its digits (drawn from `rng`) replaced by another digit (drawn next);
+    None when it has no digit. The one digit edit the PRM's copies, the generative verifier's
+    round-0 negatives and the corrector's wrong answers share."""
+    digits = [i for i, ch in enumerate(text) if ch.isdigit()]
+    if not digits:
+        return None
+    i = rng.choice(digits)
+    new = rng.choice([d for d in "0123456789" if d != text[i]])
+    return text[:i] + new + text[i + 1 :]
+
+
 def corrupt(completion: str, rng: random.Random, stop: int | None = None) -> tuple[str, int] | None:
     """`completion` (`step;...;step#answer`) with one digit of one step changed to another:
     (text, index of the changed step, counting non-empty steps as `format.parse` does). The step
     is drawn among those before index `stop` that hold a digit; None when there is none."""
+    # Spliced into the raw text rather than `format.parse` + `render`, which would also drop
+    # empty steps and strip the answer: the copy differs from the original in one character.
     line, nl, rest = completion.partition("\n")
     if ANSWER_MARK not in line:
         return None
@@ -41,10 +55,7 @@ def corrupt(completion: str, rng: random.Random, stop: int | None = None) -> tup
     if not with_digits:
         return None
     k = rng.choice(with_digits)
-    i = real[k]
-    pos = rng.choice([p for p, ch in enumerate(steps[i]) if ch.isdigit()])
-    new = rng.choice([d for d in "0123456789" if d != steps[i][pos]])
-    steps[i] = steps[i][:pos] + new + steps[i][pos + 1 :]
+    steps[real[k]] = change_digit(steps[real[k]], rng)  # type: ignore[assignment]
     return STEP_SEP.join(steps) + ANSWER_MARK + answer + nl + rest, k
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import random
 
+from reasonloop.evaluator.step_corruption import change_digit
 from reasonloop.postprocess import correction_format as cf
 from reasonloop.tasks.base import Family
 from reasonloop.types import Judgement, SFTExample, Task, Trace
@@ -121,12 +122,8 @@ def corrupt_answer(family: Family, trace: Trace, rng: random.Random) -> str | No
     `rng`); None when the answer has no digit."""
     if trace.answer is None:
         return None
-    digits = [i for i, ch in enumerate(trace.answer) if ch.isdigit()]
-    if not digits:
-        return None
-    i = rng.choice(digits)
-    new = rng.choice([d for d in "0123456789" if d != trace.answer[i]])
-    return family.render(trace.steps, trace.answer[:i] + new + trace.answer[i + 1 :])
+    bad = change_digit(trace.answer, rng)
+    return None if bad is None else family.render(trace.steps, bad)
 
 
 def seed_examples(
