@@ -6,6 +6,7 @@ vote, PRM beam search and PRM MCTS at one budget, on held-out tasks the seed sol
                                 [--label-temperature 1.5] [--k 8] [--label-traces 3000]
                                 [--mc 16] [--labels full]
                                 [--no-solved-only] [--no-surprise] [--corruptions 1.0]
+                                [--no-train-backbone]
                                 [--prm-steps 1500]
                                 [--heldout 100] [--budget 16] [--out runs/search]
 
@@ -21,9 +22,10 @@ Per seed, in one process (`--jobs`: seeds in parallel processes):
    (`--solved-only`), and `--label-traces` distinct ones get Monte-Carlo step labels
    (Math-Shepherd's full scan, and OmegaPRM's binary search on the same traces with the same
    rollouts per prefix, for the cost comparison); a PRM, with its surprise term unless
-   `--no-surprise`, trains on the `--labels` ones, plus, for a `--corruptions` share of the
-   traces that start with a good step, a copy with one digit of such a step changed and labelled
-   bad from there on (`evaluator/step_corruption.py`).
+   `--no-surprise` (and with the seed's backbone frozen under `--no-train-backbone`: only its
+   head and surprise weight learn), trains on the `--labels` ones, plus, for a `--corruptions`
+   share of the traces that start with a good step, a copy with one digit of such a step
+   changed and labelled bad from there on (`evaluator/step_corruption.py`).
 3. Search on the held-out tasks of the band levels, all at one budget (`--budget` full
    samples' worth of tokens): the sample-based methods share ONE draw of `--budget` samples per
    task (they differ only by how they select); beam search keeps `beam_width` partial solutions
@@ -368,6 +370,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         seed + 2,
         balance=args.balance,
         surprise=args.surprise,
+        train_backbone=args.train_backbone,
     )
     timings["prm"] = time.perf_counter() - t0
     prm.save(ckpt / PRM_FILE)
@@ -659,6 +662,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the PRM's learned surprise term",
+    )
+    g.add_argument(
+        "--train-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fine-tune the PRM's copy of the seed (off: head and surprise weight only)",
     )
     g.add_argument(
         "--corruptions",

@@ -718,6 +718,12 @@ class ProcessRewardModelConfig(Section):
     carry: bool = True
     """Continue from the previous round's PRM when its checkpoint has one; else start from a
     fresh copy of the policy that sampled the round."""
+    train_backbone: bool = True
+    """Fine-tune the PRM's copy of the policy with its head. False: only the head and the
+    surprise weight learn, on the features of the policy that sampled the round (a carried PRM
+    keeps its head and weight and takes that policy's backbone), computed once, so training
+    costs one forward pass over the labelled traces; and the surprise term reads that policy's
+    own token probabilities, which fine-tuning the backbone blurs (docs/benchmarks.md)."""
     threshold: float = Field(0.5, ge=0, le=1)
     """Kept traces whose aggregated PRM score is below this are dropped (0: no filter)."""
     top_k: int | None = Field(None, ge=1)

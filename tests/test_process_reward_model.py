@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors import safe_open
 
 from reasonloop.algorithms.dense_reward import step_end_tokens
 from reasonloop.algorithms.logprobs import token_logps
@@ -29,11 +30,13 @@ from reasonloop.evaluator.process_reward_model import (
     SURPRISE_SCALE,
     ProcessRewardModel,
     aggregate,
+    cached_features,
     calibration_report,
     first_flagged,
     inject_error,
     prm_loss,
     score_places,
+    stack_features,
     train_prm,
 )
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel
@@ -312,6 +315,37 @@ def learned() -> tuple[ProcessRewardModel, SortingFamily, dict[str, Task], dict]
     return prm, fam, dict(list(held.items())[:200]), info
 
 
+def test_a_frozen_backbone_trains_only_the_head_and_the_surprise_weight() -> None:
+    """`train_backbone=False`: the backbone stays the policy's, bit for bit; the head and the
+    surprise weight learn from features computed once, and those cached features give the same
+    logits as a forward pass."""
+    torch.manual_seed(0)
+    fam = SortingFamily()
+    prompts, comps, labels = _training_set(fam, _tasks(fam, 96, random.Random(1)), random.Random(3))
+    policy = TinyModel.create(ModelConfig(dim=32, n_layers=2, n_heads=2, max_seq_len=64), 0)
+    prm = ProcessRewardModel.from_policy(policy)
+    before = {k: v.clone() for k, v in prm.backbone.module.state_dict().items()}
+    cfg = TrainConfig(lr=1e-2, steps=60, batch_size=16, warmup_steps=1)
+    info = train_prm(prm, prompts, comps, labels, cfg, seed=0, train_backbone=False)
+    after = prm.backbone.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(v, policy.module.state_dict()[k]) for k, v in after.items())
+    assert all(p.requires_grad for p in prm.backbone.module.parameters())  # flags restored
+    assert prm.head.weight.abs().sum() > 0 and info["surprise_weight"] != 0.0
+    assert info["steps"] == 60 and info["n"] == 96
+    assert sum(info["losses"][-10:]) / 10 < sum(info["losses"][:5]) / 5
+
+    # The cache the training read, against the forward pass scoring does, on one padded batch.
+    batch = prm.encode(prompts[:7], comps[:7])
+    prm.module.eval()
+    with torch.no_grad():
+        direct, mask = prm.logits(batch)
+        places, least, same_mask = stack_features(cached_features(prm, batch))
+        cached = prm.place_logits(places, least, same_mask)
+    assert torch.equal(mask, same_mask) and least is not None
+    assert torch.allclose(direct, cached, atol=1e-5)
+
+
 def _injected(
     fam: SortingFamily, tasks: dict[str, Task], seed: int
 ) -> tuple[list[str], list[str], list[int]]:
@@ -423,9 +457,10 @@ LOOP = {
     f"{PRM}.train.warmup_steps": 1,
     f"{PRM}.calibration_samples": 2,
     f"{PRM}.injected": 8,
+    f"{PRM}.threshold": 0.5,  # the preset's 0.2 may drop nothing from so small a run
 }
 """prm-cooperative at its smallest: a seed that gets some 1-digit sums right, two rounds."""
-SEED_STEPS, PRM_STEPS, TRAIN_STEPS = 200, 6, 4
+SEED_STEPS, PRM_STEPS, TRAIN_STEPS, THRESHOLD = 200, 6, 4, 0.5
 
 
 def _cli(out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -465,6 +500,17 @@ def test_prm_loop_checkpoints_and_step_records(prm_run: Path) -> None:
         saved = (ckpt / f"r{r:03d}" / PRM_FILE).read_bytes()
         assert saved == (prm_run / "rounds" / f"r{r:03d}" / PRM_FILE).read_bytes()
     assert (ckpt / "r001" / PRM_FILE).read_bytes() != (ckpt / "r002" / PRM_FILE).read_bytes()
+    # train_backbone: false (the preset's): each round's PRM reads the features of the policy
+    # that sampled the round, round 2's too, though it carries round 1's head
+    assert load_config("prm-cooperative").evaluator.process_reward_model.train_backbone is False
+    for r in (1, 2):
+        with (
+            safe_open(str(ckpt / f"r{r:03d}" / PRM_FILE), "pt") as prm,
+            safe_open(str(ckpt / f"r{r - 1:03d}" / "model.safetensors"), "pt") as policy,
+        ):
+            assert {f"backbone.{k}" for k in policy.keys()} < set(prm.keys())
+            for k in policy.keys():
+                assert torch.equal(prm.get_tensor(f"backbone.{k}"), policy.get_tensor(k))
 
     cfg = load_config("prm-cooperative")
     for r in (1, 2):
@@ -500,11 +546,11 @@ def test_prm_loop_checkpoints_and_step_records(prm_run: Path) -> None:
             assert outcome[tr.id] is True
             assert len(j.scores) == len(score_places(tr.text))
             assert all(0 < x < 1 for x in j.scores)
-            ok = aggregate(j.scores, cfg.evaluator.process_reward_model.aggregation) >= 0.5
+            ok = aggregate(j.scores, cfg.evaluator.process_reward_model.aggregation) >= THRESHOLD
             assert j.verdict is ok
             d = decisions[tr.id]
             if not ok:
-                assert not d.kept and d.reason == "prm_score below 0.5"
+                assert not d.kept and d.reason == f"prm_score below {THRESHOLD}"
             else:
                 assert d.kept or d.reason == "prm rank below top 2"
         # nothing else was dropped by the PRM
@@ -546,9 +592,8 @@ def test_prm_loop_reports_calibration_cost_and_drops(prm_run: Path) -> None:
         corrupted += train["corrupted"]
         assert cal["train"]["surprise_weight"] != 0.0  # on by default, and trained
         # the PRM's drops are in the round's counts, with their reason
-        assert m["data"]["dropped"].get("prm_score below 0.5", 0) == cal["dropped"].get(
-            "prm_score below 0.5", 0
-        )
+        below = f"prm_score below {THRESHOLD}"
+        assert m["data"]["dropped"].get(below, 0) == cal["dropped"].get(below, 0)
         drops += sum(cal["dropped"].values())
         # the round's metrics file says the same
         metrics = json.loads(

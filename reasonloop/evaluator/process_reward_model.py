@@ -161,7 +161,11 @@ class ProcessRewardModel(ScalarHead):
     an injected `7+0+0=10` scored 0.95 after 1500 steps on oracle labels). The least
     log-probability of the step's tokens under the copied LM head is that prediction, read
     back: a step the model would not write stands out. The backbone and its LM head train on
-    with the rest, so the term is learned, not a fixed rule."""
+    with the rest, so the term is learned, not a fixed rule; or they stay frozen
+    (`train_prm(train_backbone=False)`), which keeps the surprise the policy's own: in the loop,
+    fine-tuning the copy with a value loss and no LM loss blurred it (the least log-probability
+    under the fine-tuned head told right-answer traces with a wrong step from the rest at AUROC
+    0.79, under the policy's at 0.97; docs/benchmarks.md)."""
 
     FORMAT = "reasonloop-prm"
     WHAT = "a process reward model"
@@ -196,6 +200,24 @@ class ProcessRewardModel(ScalarHead):
 
     def logits(self, batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [B, U] at each row's scored places (0 past a row's own count) and their mask."""
+        places, least, mask = self.features(batch)
+        return self.place_logits(places, least, mask), mask
+
+    def place_logits(
+        self, places: torch.Tensor, least: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, U] from `features`' output: the head, plus the surprise term."""
+        out = self.head(places).squeeze(-1)
+        if least is not None:
+            out = out + self.surprise(least)
+        return out * mask
+
+    def features(
+        self, batch: list[Encoded]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """What the head and the surprise weight read, at each row's scored places: the
+        backbone's float32 hidden states [B, U, D], the least log-probabilities [B, U] (None
+        while the surprise term is off) and the places' mask [B, U]."""
         device = next(self.module.parameters()).device
         inputs, _, _, attn = collate(
             [(s, p) for s, p, _ in batch], self.backbone.tokenizer.pad_id, device
@@ -209,10 +231,10 @@ class ProcessRewardModel(ScalarHead):
             mask[r, : len(pos)] = True
         index, mask = index.to(device), mask.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1)
-        out = self.head(h[rows, index].float()).squeeze(-1)
+        least = None
         if self.surprise.weight.requires_grad or float(self.surprise.weight.detach()) != 0.0:
-            out = out + self.surprise(self._least_logp(h, inputs, batch, index))
-        return out * mask, mask
+            least = self._least_logp(h, inputs, batch, index)
+        return h[rows, index].float(), least, mask
 
     def _least_logp(
         self, h: torch.Tensor, inputs: torch.Tensor, batch: list[Encoded], index: torch.Tensor
@@ -276,6 +298,7 @@ def train_prm(
     balance: bool = False,
     on_step: Callable[[dict], None] | None = None,
     surprise: bool = True,
+    train_backbone: bool = True,
 ) -> dict[str, Any]:
     """Train `prm` in place with masked BCE: `labels[i]` holds one label in [0, 1] per scored
     place of completion i (`score_places`); a pair whose count differs is skipped (counted in
@@ -283,8 +306,10 @@ def train_prm(
 
     Steps = cfg.steps, or ceil(epochs * n / batch_size). With `balance`, places labelled >= 0.5
     are weighted n_low / n_high. `surprise` trains the surprise weight (off: held at zero).
-    Returns steps, seconds, n, places, skipped, pos_weight, surprise_weight, losses, loss_first,
-    loss_last."""
+    Without `train_backbone` only the head and the surprise weight learn: the backbone's
+    features are computed once, so a step costs no forward pass, and its LM head stays the
+    policy's, so the surprise term reads the policy's own token probabilities. Returns steps,
+    seconds, n, places, skipped, pos_weight, surprise_weight, losses, loss_first, loss_last."""
     if not len(prompts) == len(completions) == len(labels):
         raise ValueError(
             f"{len(prompts)} prompts, {len(completions)} completions, {len(labels)} label lists"
@@ -318,16 +343,76 @@ def train_prm(
     info["pos_weight"] = pos_weight
     device = next(prm.module.parameters()).device
 
-    def batch_loss(idx: list[int]) -> torch.Tensor:
-        logits, mask = prm.logits([seqs[i] for i in idx])
-        target = torch.zeros_like(logits)
+    def targets(idx: list[int], like: torch.Tensor) -> torch.Tensor:
+        target = torch.zeros_like(like)
         for r, i in enumerate(idx):
             target[r, : len(ys[i])] = torch.tensor(ys[i], device=device)
-        return prm_loss(logits, target, mask, pos_weight)
+        return target
 
-    info |= fit(prm.module, cfg, [len(s) for s, _, _ in seqs], seed, batch_loss, on_step)
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        logits, mask = prm.logits([seqs[i] for i in idx])
+        return prm_loss(logits, targets(idx, logits), mask, pos_weight)
+
+    lengths = [len(s) for s, _, _ in seqs]
+    if train_backbone:
+        info |= fit(prm.module, cfg, lengths, seed, batch_loss, on_step)
+    else:
+        backbone = list(prm.backbone.module.parameters())
+        flags = [p.requires_grad for p in backbone]
+        for p in backbone:
+            p.requires_grad_(False)
+        try:
+            cached = cached_features(prm, seqs)
+
+            def cached_loss(idx: list[int]) -> torch.Tensor:
+                places, least, mask = stack_features([cached[i] for i in idx])
+                logits = prm.place_logits(places, least, mask)
+                return prm_loss(logits, targets(idx, logits), mask, pos_weight)
+
+            info |= fit(prm.module, cfg, lengths, seed, cached_loss, on_step)
+        finally:
+            for p, flag in zip(backbone, flags, strict=True):
+                p.requires_grad_(flag)
     info["surprise_weight"] = float(prm.surprise.weight.detach())
     return info
+
+
+Features = tuple[torch.Tensor, torch.Tensor | None]
+"""One sequence's hidden states [U, D] and least log-probabilities [U] (None: surprise off)."""
+
+
+def cached_features(prm: ProcessRewardModel, seqs: list[Encoded]) -> list[Features]:
+    """`prm.features` of every sequence, computed once in eval mode without gradient."""
+    was_training = prm.module.training
+    prm.module.eval()
+    out: list[Features] = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(seqs), SCORE_CHUNK):
+                chunk = seqs[s : s + SCORE_CHUNK]
+                places, least, _ = prm.features(chunk)
+                for r, (_, _, pos) in enumerate(chunk):
+                    u = len(pos)
+                    out.append((places[r, :u], None if least is None else least[r, :u]))
+    finally:
+        prm.module.train(was_training)
+    return out
+
+
+def stack_features(rows: list[Features]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Cached features of a batch, padded to its longest: places [B, U, D], least [B, U] and
+    the mask [B, U], as `ProcessRewardModel.features` returns them."""
+    width = max(len(p) for p, _ in rows)
+    places = torch.zeros(len(rows), width, rows[0][0].shape[-1], dtype=rows[0][0].dtype)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    least = None if rows[0][1] is None else torch.zeros(len(rows), width)
+    for r, (p, lp) in enumerate(rows):
+        places[r, : len(p)] = p
+        mask[r, : len(p)] = True
+        if least is not None and lp is not None:
+            least[r, : len(lp)] = lp
+    device = rows[0][0].device
+    return places.to(device), None if least is None else least.to(device), mask.to(device)
 
 
 def inject_error(family: Family, task: Task, rng: random.Random) -> tuple[str, int] | None:

@@ -91,6 +91,8 @@ def label_train_filter(
         if carried
         else ProcessRewardModel.from_policy(model)
     )
+    if carried and not pc.train_backbone:  # the head carries on over this round's policy
+        prm.backbone.module.load_state_dict(model.module.state_dict())
     # Corrupted copies are not records: they follow from the labels and the phase's seed.
     prompts, texts, labels, corrupted = with_corruptions(
         [tasks[t.task_id].prompt for t, _ in labelled],
@@ -110,6 +112,7 @@ def label_train_filter(
         # A training step like the Reasoner's: the resume tests' `train` kill point lands here too.
         on_step=lambda _: faults.hit("train"),
         surprise=pc.surprise,
+        train_backbone=pc.train_backbone,
     )
     prm.save(save_to)
 
