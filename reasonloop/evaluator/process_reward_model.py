@@ -357,22 +357,16 @@ def train_prm(
     if train_backbone:
         info |= fit(prm.module, cfg, lengths, seed, batch_loss, on_step)
     else:
-        backbone = list(prm.backbone.module.parameters())
-        flags = [p.requires_grad for p in backbone]
-        for p in backbone:
-            p.requires_grad_(False)
-        try:
-            cached = cached_features(prm, seqs)
+        cached = cached_features(prm, seqs)
 
-            def cached_loss(idx: list[int]) -> torch.Tensor:
-                places, least, mask = stack_features([cached[i] for i in idx])
-                logits = prm.place_logits(places, least, mask)
-                return prm_loss(logits, targets(idx, logits), mask, pos_weight)
+        def cached_loss(idx: list[int]) -> torch.Tensor:
+            places, least, mask = stack_features([cached[i] for i in idx])
+            logits = prm.place_logits(places, least, mask)
+            return prm_loss(logits, targets(idx, logits), mask, pos_weight)
 
-            info |= fit(prm.module, cfg, lengths, seed, cached_loss, on_step)
-        finally:
-            for p, flag in zip(backbone, flags, strict=True):
-                p.requires_grad_(flag)
+        # The optimiser sees only what learns here; the backbone is never touched.
+        trained = nn.ModuleDict({"head": prm.head, "surprise": prm.surprise})
+        info |= fit(trained, cfg, lengths, seed, cached_loss, on_step)
     info["surprise_weight"] = float(prm.surprise.weight.detach())
     return info
 
