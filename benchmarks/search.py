@@ -8,7 +8,8 @@ vote, PRM beam search and PRM MCTS at one budget, on held-out tasks the seed sol
                                 [--no-solved-only] [--no-surprise] [--corruptions 1.0]
                                 [--no-train-backbone]
                                 [--prm-steps 1500]
-                                [--heldout 100] [--budget 16] [--out runs/search]
+                                [--heldout 100] [--budget 16] [--temperatures 0.7 1.0 1.3]
+                                [--aggregate probe] [--out runs/search]
 
 Per seed, in one process (`--jobs`: seeds in parallel processes):
 
@@ -26,18 +27,25 @@ Per seed, in one process (`--jobs`: seeds in parallel processes):
    head and surprise weight learn), trains on the `--labels` ones, plus, for a `--corruptions`
    share of the traces that start with a good step, a copy with one digit of such a step
    changed and labelled bad from there on (`evaluator/step_corruption.py`).
-3. Search on the held-out tasks of the band levels, all at one budget (`--budget` full
-   samples' worth of tokens): the sample-based methods share ONE draw of `--budget` samples per
-   task (they differ only by how they select); beam search keeps `beam_width` partial solutions
+3. Search settings, chosen on the probe tasks of the band levels (never reported): for each of
+   `--temperatures`, one draw of `--budget` samples per probe task, PRM-scored; the sampling
+   temperature and step-score aggregation (or the fixed `--aggregate`) with the highest PRM
+   best-of-N accuracy there are the ones the held-out figures use. The same grid on the held-out
+   tasks is printed beside it, to show what the choice cost or gained.
+4. Search on the held-out tasks of the band levels, all at one budget (`--budget` full
+   samples' worth of tokens) and the chosen temperature and aggregation: the sample-based
+   methods share ONE draw of `--budget` samples per task (they differ only by how they
+   select); beam search keeps `beam_width` partial solutions
    and samples `expansions` next steps from each (`beam_width * expansions = budget`); MCTS stops
    once it has generated `budget` times the task's greedy solution's tokens (`loop.heldout_search`
    wires both, as a round's eval does).
-4. First-error localisation: held-out reference traces with one step made wrong (`inject_error`),
+5. First-error localisation: held-out reference traces with one step made wrong (`inject_error`),
    scored by the PRM: the share whose first step below 0.5 is the injected one.
 
 Prints the tables (one per seed, then the mean over seeds with the min-max spread) and writes
-search.json into --out. The seed model is cached in --out (keyed by its recipe), so a second run
-with other evaluator or search settings skips it.
+search.json into --out. The seed model and its evaluators are cached in --out (each keyed by its
+recipe), so a second run with other evaluator settings skips the seed, and one with other search
+settings skips both.
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.loop.heldout_search import search_metrics
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.tiny import TinyModel
-from reasonloop.reasoner.search import best_of_n, search, weighted_majority_vote
+from reasonloop.reasoner.search import Searched, best_of_n, search, weighted_majority_vote
 from reasonloop.tasks.families.addition import AdditionFamily
 from reasonloop.types import SFTExample, Task, Trace
 
@@ -231,49 +239,62 @@ def rate(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)  # a --jobs worker starts with torch's default
-    torch.manual_seed(seed)
-    family = AdditionFamily(steps=True)
-    t_start = time.perf_counter()
+def evaluators_dir(
+    args: argparse.Namespace, seed: int, model: LanguageModel, band: list[int], out: Path
+) -> Path:
+    """Where this seed model's evaluators are cached: keyed by the model's weights and every
+    setting that shapes the evaluators."""
+    recipe = {
+        k: getattr(args, k)
+        for k in (
+            "train_tasks",
+            "k",
+            "orm_steps",
+            "label_tasks",
+            "label_temperature",
+            "label_traces",
+            "solved_only",
+            "surprise",
+            "train_backbone",
+            "corruptions",
+            "mc",
+            "labels",
+            "label",
+            "balance",
+            "prm_steps",
+            "rm_lr",
+            "max_new_tokens",
+        )
+    }
+    recipe["band"] = band
+    recipe["seed"] = seed
+    recipe["model"] = hashlib.sha256(
+        b"".join(p.detach().float().cpu().numpy().tobytes() for p in model.module.parameters())
+    ).hexdigest()
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return out / f"evaluators-s{seed}-{key}"
+
+
+def evaluators(
+    args: argparse.Namespace,
+    seed: int,
+    model: LanguageModel,
+    family: AdditionFamily,
+    band: list[int],
+    taken: set[str],
+    out: Path,
+) -> tuple[OutcomeRewardModel, ProcessRewardModel, dict[str, Any], Path]:
+    """The ORM and the PRM of this seed model, trained here or read from the cache when the
+    same seed model and evaluator recipe were trained before (so a run that changes only the
+    search settings skips sampling, labelling and training). Returns (orm, prm, info, dir)."""
+    ckpt = evaluators_dir(args, seed, model, band, out)
+    if all((ckpt / f).exists() for f in (ORM_FILE, PRM_FILE, "evaluators.json")):
+        info = json.loads((ckpt / "evaluators.json").read_text())
+        orm = OutcomeRewardModel.load(ckpt / ORM_FILE, model)
+        prm = ProcessRewardModel.load(ckpt / PRM_FILE, model)
+        return orm, prm, info | {"cached": str(ckpt)}, ckpt
     timings: dict[str, float] = {}
-    # Level 1 has only 100 distinct tasks: holding some out would leave the seed without them.
-    candidates = list(range(2, max(args.seed_levels) + 2))
-    # Held-out and probe tasks are fixed per level before anything trains, and excluded from
-    # every training set: the band is chosen on the probe tasks, the figures come from held-out.
-    held_rng, probe_rng = random.Random(10_000 + seed), random.Random(20_000 + seed)
-    heldout: dict[int, list[Task]] = {}
-    probe: dict[int, list[Task]] = {}
-    taken: set[str] = set()
-    for lv in candidates:
-        heldout[lv] = draw(family, held_rng, lv, args.heldout, taken)
-        taken |= {t.id for t in heldout[lv]}
-        probe[lv] = draw(family, probe_rng, lv, args.probe, taken)
-        taken |= {t.id for t in probe[lv]}
-
-    t0 = time.perf_counter()
-    if args.seed_model:  # a given checkpoint, e.g. to try evaluator recipes on one seed
-        model: LanguageModel = TinyModel.load(args.seed_model)
-        seed_info: dict[str, Any] = {"cached": args.seed_model}
-    else:
-        model, seed_info = seed_model(args, seed, family, taken, probe, out)
-    timings["seed"] = time.perf_counter() - t0
     max_new = args.max_new_tokens
-
-    t0 = time.perf_counter()
-    probe_p1 = {lv: rate(greedy_pass(model, family, ts, max_new)[0]) for lv, ts in probe.items()}
-    band = [lv for lv, p in probe_p1.items() if args.band_low <= p <= args.band_high]
-    if not band:  # say so, and still measure the level nearest the band's middle
-        mid = (args.band_low + args.band_high) / 2
-        band = [min(probe_p1, key=lambda lv: abs(probe_p1[lv] - mid))]
-    timings["band"] = time.perf_counter() - t0
-    print(
-        f"seed {seed}: probe pass@1 "
-        + " ".join(f"L{lv} {p:.0%}" for lv, p in probe_p1.items())
-        + f" -> band levels {band}",
-        flush=True,
-    )
-
     # -- evaluators: sample, judge, ORM, MC labels, PRM ------------------------------------
     t0 = time.perf_counter()
     train_rng = random.Random(30_000 + seed)
@@ -298,7 +319,6 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         seed + 1,
     )
     timings["orm"] = time.perf_counter() - t0
-    ckpt = out / f"evaluators-s{seed}"
     orm.save(ckpt / ORM_FILE)
 
     # The PRM's traces: the samples above, and as many fresh tasks sampled hotter: at the
@@ -375,6 +395,123 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     timings["prm"] = time.perf_counter() - t0
     prm.save(ckpt / PRM_FILE)
 
+    info = {
+        "train": {
+            "tasks": len(train_tasks),
+            "traces": len(traces),
+            "right_share": rate(list(verdicts.values())),
+            "orm": {k: orm_info[k] for k in ("n", "n_pos", "steps", "loss_last", "train_accuracy")},
+            "prm": {
+                k: prm_info[k]
+                for k in ("n", "places", "skipped", "steps", "loss_last", "surprise_weight")
+            },
+            "label_pool": len(distinct),
+            "corrupted": corrupted,
+        },
+        "labelling": {
+            "full": labellings["full"].cost(),
+            "binary": labellings["binary"].cost(),
+            "first_error_agreement": agree,
+            "used": args.labels,
+            "label": args.label,
+        },
+        "seconds": timings,
+    }
+    # Written last: the cache counts as present only once all three files are.
+    (ckpt / "evaluators.json").write_text(json.dumps(info, indent=2) + "\n")
+    return orm, prm, info | {"cached": None}, ckpt
+
+
+def scored_draw(
+    model: LanguageModel,
+    family: AdditionFamily,
+    orm: OutcomeRewardModel,
+    prm: ProcessRewardModel,
+    tasks: list[Task],
+    budget: int,
+    temperature: float,
+    seed: int,
+    max_new: int,
+) -> tuple[list[Searched], list[list[list[float]]]]:
+    """One draw of `budget` samples per task, ORM-scored (`Searched.scores`), and the PRM's
+    step scores of every sample, per task."""
+    sample = Sampling(temperature=temperature, max_new_tokens=max_new, seed=seed)
+    found = search(model, family, tasks, budget, sample, orm.score)
+    flat_p = [t.prompt for t, f in zip(tasks, found, strict=True) for _ in f.texts]
+    flat_c = [c for f in found for c in f.texts]
+    step_scores = prm.step_scores(flat_p, flat_c)
+    per_task, at = [], 0
+    for f in found:
+        per_task.append(step_scores[at : at + len(f.texts)])
+        at += len(f.texts)
+    return found, per_task
+
+
+def prm_selections(
+    family: AdditionFamily,
+    tasks: list[Task],
+    found: list[Searched],
+    per_task_steps: list[list[list[float]]],
+) -> dict[str, dict[str, list[bool]]]:
+    """Per step-score aggregation: whether PRM best-of-N and PRM-weighted voting are right on
+    each task."""
+    out: dict[str, dict[str, list[bool]]] = {}
+    for how in AGGREGATIONS:
+        bon, wv = [], []
+        for t, f, ss in zip(tasks, found, per_task_steps, strict=True):
+            scores = [aggregate(s, how) for s in ss]
+            bon.append(right(family, t, best_of_n(f.answers, scores)[0]))
+            wv.append(right(family, t, weighted_majority_vote(f.answers, scores)[0]))
+        out[how] = {"best_of_n": bon, "weighted_vote": wv}
+    return out
+
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)  # a --jobs worker starts with torch's default
+    torch.manual_seed(seed)
+    family = AdditionFamily(steps=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    # Level 1 has only 100 distinct tasks: holding some out would leave the seed without them.
+    candidates = list(range(2, max(args.seed_levels) + 2))
+    # Held-out and probe tasks are fixed per level before anything trains, and excluded from
+    # every training set: the band is chosen on the probe tasks, the figures come from held-out.
+    held_rng, probe_rng = random.Random(10_000 + seed), random.Random(20_000 + seed)
+    heldout: dict[int, list[Task]] = {}
+    probe: dict[int, list[Task]] = {}
+    taken: set[str] = set()
+    for lv in candidates:
+        heldout[lv] = draw(family, held_rng, lv, args.heldout, taken)
+        taken |= {t.id for t in heldout[lv]}
+        probe[lv] = draw(family, probe_rng, lv, args.probe, taken)
+        taken |= {t.id for t in probe[lv]}
+
+    t0 = time.perf_counter()
+    if args.seed_model:  # a given checkpoint, e.g. to try evaluator recipes on one seed
+        model: LanguageModel = TinyModel.load(args.seed_model)
+        seed_info: dict[str, Any] = {"cached": args.seed_model}
+    else:
+        model, seed_info = seed_model(args, seed, family, taken, probe, out)
+    timings["seed"] = time.perf_counter() - t0
+    max_new = args.max_new_tokens
+
+    t0 = time.perf_counter()
+    probe_p1 = {lv: rate(greedy_pass(model, family, ts, max_new)[0]) for lv, ts in probe.items()}
+    band = [lv for lv, p in probe_p1.items() if args.band_low <= p <= args.band_high]
+    if not band:  # say so, and still measure the level nearest the band's middle
+        mid = (args.band_low + args.band_high) / 2
+        band = [min(probe_p1, key=lambda lv: abs(probe_p1[lv] - mid))]
+    timings["band"] = time.perf_counter() - t0
+    print(
+        f"seed {seed}: probe pass@1 "
+        + " ".join(f"L{lv} {p:.0%}" for lv, p in probe_p1.items())
+        + f" -> band levels {band}",
+        flush=True,
+    )
+
+    orm, prm, ev, ckpt = evaluators(args, seed, model, family, band, taken, out)
+    timings |= {k: v for k, v in ev["seconds"].items() if ev["cached"] is None}
+
     # -- search on the held-out band tasks ---------------------------------------------------
     tasks = [t for lv in band for t in heldout[lv]]
     n = len(tasks)
@@ -395,21 +532,63 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     oks, lengths = greedy_pass(model, family, tasks, max_new)
     row("pass@1", oks, sum(lengths), time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    sample = Sampling(temperature=1.0, max_new_tokens=max_new, seed=70_000 + seed)
-    found = search(model, family, tasks, args.budget, sample, orm.score)
-    draw_s = time.perf_counter() - t0
+    # The sampling temperature and the step-score aggregation are chosen on the probe tasks
+    # (never reported), by PRM best-of-N accuracy; the held-out figures then use that choice.
+    probe_tasks = [t for lv in band for t in probe[lv]]
+    grid: dict[str, dict[str, Any]] = {}
+    draws: dict[float, tuple[list[Searched], list[list[list[float]]], float]] = {}
+    for temp in args.temperatures:
+        t0 = time.perf_counter()
+        p_found, p_steps = scored_draw(
+            model,
+            family,
+            orm,
+            prm,
+            probe_tasks,
+            args.budget,
+            temp,
+            75_000 + seed + args.draw_seed,
+            max_new,
+        )
+        found_t, steps_t = scored_draw(
+            model,
+            family,
+            orm,
+            prm,
+            tasks,
+            args.budget,
+            temp,
+            70_000 + seed + args.draw_seed,
+            max_new,
+        )
+        # Both draws were timed together; half is a fair share for the held-out one.
+        draws[temp] = (found_t, steps_t, (time.perf_counter() - t0) / 2)
+        on_probe = prm_selections(family, probe_tasks, p_found, p_steps)
+        on_held = prm_selections(family, tasks, found_t, steps_t)
+        for how in AGGREGATIONS:
+            grid[f"T={temp:g} {how}"] = {
+                "temperature": temp,
+                "aggregate": how,
+                "probe": {k: rate(v) for k, v in on_probe[how].items()},
+                "heldout": {k: rate(v) for k, v in on_held[how].items()},
+            }
+    fixed = [] if args.aggregate == "probe" else [args.aggregate]
+    choice = max(
+        (g for g in grid.values() if not fixed or g["aggregate"] in fixed),
+        key=lambda g: g["probe"]["best_of_n"],  # max keeps the first of equals: list order
+    )
+    temperature, how_chosen = choice["temperature"], choice["aggregate"]
+    # Weighted voting shares the draw (so the temperature) and picks its own aggregation.
+    how_vote = max(
+        (
+            g
+            for g in grid.values()
+            if g["temperature"] == temperature and (not fixed or g["aggregate"] in fixed)
+        ),
+        key=lambda g: g["probe"]["weighted_vote"],
+    )["aggregate"]
+    found, per_task_steps, draw_s = draws[temperature]
     sample_tokens = sum(f.tokens for f in found)
-    flat_p = [t.prompt for t, f in zip(tasks, found, strict=True) for _ in f.texts]
-    flat_c = [c for f in found for c in f.texts]
-    t0 = time.perf_counter()
-    step_scores = prm.step_scores(flat_p, flat_c)
-    prm_s = time.perf_counter() - t0
-    per_task_steps = []
-    at = 0
-    for f in found:
-        per_task_steps.append(step_scores[at : at + len(f.texts)])
-        at += len(f.texts)
 
     row(
         "maj@N",
@@ -429,17 +608,10 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         sample_tokens,
         draw_s,
     )
-    aggregations: dict[str, dict[str, float]] = {}
-    for how in AGGREGATIONS:
-        bon, wv = [], []
-        for t, f, ss in zip(tasks, found, per_task_steps, strict=True):
-            scores = [aggregate(s, how) for s in ss]
-            bon.append(right(family, t, best_of_n(f.answers, scores)[0]))
-            wv.append(right(family, t, weighted_majority_vote(f.answers, scores)[0]))
-        aggregations[how] = {"best_of_n": rate(bon), "weighted_vote": rate(wv)}
-        if how == args.aggregate:
-            row("PRM best-of-N", bon, sample_tokens, draw_s + prm_s)
-            row("PRM weighted vote", wv, sample_tokens, draw_s + prm_s)
+    selections = prm_selections(family, tasks, found, per_task_steps)
+    row("PRM best-of-N", selections[how_chosen]["best_of_n"], sample_tokens, draw_s)
+    row("PRM weighted vote", selections[how_vote]["weighted_vote"], sample_tokens, draw_s)
+    aggregations = {how: {k: rate(v) for k, v in sel.items()} for how, sel in selections.items()}
     row(
         "pass@N (ceiling)",
         [any(right(family, t, a) for a in f.answers) for t, f in zip(tasks, found, strict=True)],
@@ -457,7 +629,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                     method=method,
                     budget=args.budget,
                     scorer="prm",
-                    aggregate=args.aggregate,
+                    aggregate=how_chosen,
+                    temperature=temperature,
                     beam_width=args.beam_width,
                     expansions=args.budget // args.beam_width
                     if method == "beam"
@@ -469,7 +642,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             strategy={"algorithm": "rft"},
         )
         t0 = time.perf_counter()
-        m = search_metrics(cfg, family, tasks, model, model, ckpt, 80_000 + seed)
+        m = search_metrics(cfg, family, tasks, model, model, ckpt, 80_000 + seed + args.draw_seed)
         key = f"{method}@{args.budget}"
         by_level = m[f"{key}_by_level"]
         rows[name] = {
@@ -493,7 +666,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         {t.id: t for t in tasks},
         held_traces,
         held_verdicts,
-        args.aggregate,
+        how_chosen,
         injected=args.injected,
         seed=90_000 + seed,
     )
@@ -508,26 +681,12 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         "probe_pass@1": {str(k): v for k, v in probe_p1.items()},
         "heldout_tasks": n,
         "seed_model": seed_info,
-        "train": {
-            "tasks": len(train_tasks),
-            "traces": len(traces),
-            "right_share": rate(list(verdicts.values())),
-            "orm": {k: orm_info[k] for k in ("n", "n_pos", "steps", "loss_last", "train_accuracy")},
-            "prm": {
-                k: prm_info[k]
-                for k in ("n", "places", "skipped", "steps", "loss_last", "surprise_weight")
-            },
-            "label_pool": len(distinct),
-            "corrupted": corrupted,
-        },
-        "labelling": {
-            "full": labellings["full"].cost(),
-            "binary": labellings["binary"].cost(),
-            "first_error_agreement": agree,
-            "used": args.labels,
-            "label": args.label,
-        },
+        "evaluators": ev["cached"],
+        "train": ev["train"],
+        "labelling": ev["labelling"],
         "methods": rows,
+        "chosen": {"temperature": temperature, "aggregate": how_chosen, "vote_aggregate": how_vote},
+        "grid": grid,
         "aggregations": aggregations,
         "calibration": calib,
         "seconds": timings,
@@ -557,9 +716,21 @@ def print_seed(r: dict[str, Any], budget: int) -> None:
             + " | ".join(pct(m["by_level"].get(lv)) for lv in levels)
             + f" | {m['tokens_per_task']:.0f} | {m['seconds']:.0f} |"
         )
-    print("\n| PRM aggregation | best-of-N | weighted vote |\n|---|---|---|")
-    for how, v in r["aggregations"].items():
-        print(f"| {how} | {pct(v['best_of_n'])} | {pct(v['weighted_vote'])} |")
+    ch = r["chosen"]
+    print(
+        f"\nchosen on the probe tasks: sampling temperature {ch['temperature']:g} and aggregation "
+        f"{ch['aggregate']} (by PRM best-of-N), {ch['vote_aggregate']} for weighted voting:\n"
+    )
+    print(
+        "| T, aggregation | probe: PRM best-of-N | weighted vote | held-out: PRM best-of-N | weighted vote |"
+    )
+    print("|---|---|---|---|---|")
+    for name, g in r["grid"].items():
+        p, h = g["probe"], g["heldout"]
+        print(
+            f"| {name} | {pct(p['best_of_n'])} | {pct(p['weighted_vote'])} | "
+            f"{pct(h['best_of_n'])} | {pct(h['weighted_vote'])} |"
+        )
     lab = r["labelling"]
     print(
         "\n| MC labelling | traces | steps | rollouts | rollouts/step | s |\n|---|---|---|---|---|---|"
@@ -588,6 +759,12 @@ def print_seed(r: dict[str, Any], budget: int) -> None:
 
 def print_mean(results: list[dict[str, Any]], budget: int) -> None:
     print(f"\n### mean over seeds {[r['seed'] for r in results]} (min-max)\n")
+    chosen = ", ".join(
+        f"seed {r['seed']}: T={r['chosen']['temperature']:g} {r['chosen']['aggregate']}"
+        f" (vote: {r['chosen']['vote_aggregate']})"
+        for r in results
+    )
+    print(f"chosen on the probe tasks: {chosen}\n")
     print("| method | accuracy | tokens/task |\n|---|---|---|")
     for name in (*METHODS[:3], "ORM weighted vote", *METHODS[3:]):
         xs = [r["methods"][name]["accuracy"] for r in results]
@@ -684,7 +861,25 @@ def main() -> None:
     g.add_argument("--injected", type=int, default=200)
     g = ap.add_argument_group("search")
     g.add_argument("--budget", type=int, default=16)
-    g.add_argument("--aggregate", choices=AGGREGATIONS, default="min")
+    g.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        default=[0.7, 1.0, 1.3],
+        help="sampling temperatures tried; the probe tasks choose one",
+    )
+    g.add_argument(
+        "--draw-seed",
+        type=int,
+        default=0,
+        help="added to the search draws' sampling seeds (another draw of the same settings)",
+    )
+    g.add_argument(
+        "--aggregate",
+        choices=[*AGGREGATIONS, "probe"],
+        default="probe",
+        help="step-score aggregation; 'probe': the probe tasks choose one",
+    )
     g.add_argument("--beam-width", type=int, default=4)
     g.add_argument("--mcts-expansions", type=int, default=4)
     g.add_argument("--c-puct", type=float, default=1.0)
