@@ -88,6 +88,7 @@ from reasonloop.evaluator.process_reward_model import (
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel, train_orm
 from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.loop.heldout_search import search_metrics
+from reasonloop.loop.store import atomic_write_json
 from reasonloop.models.base import LanguageModel, Sampling
 from reasonloop.models.tiny import TinyModel
 from reasonloop.reasoner.search import Searched, best_of_n, search, weighted_majority_vote
@@ -417,8 +418,8 @@ def evaluators(
         },
         "seconds": timings,
     }
-    # Written last: the cache counts as present only once all three files are.
-    (ckpt / "evaluators.json").write_text(json.dumps(info, indent=2) + "\n")
+    # Written last, atomically: the cache counts as present only once all three files are.
+    atomic_write_json(ckpt / "evaluators.json", info)
     return orm, prm, info | {"cached": None}, ckpt
 
 
