@@ -426,7 +426,7 @@ def evaluators(
 def scored_draw(
     model: LanguageModel,
     family: AdditionFamily,
-    orm: OutcomeRewardModel,
+    orm: OutcomeRewardModel | None,
     prm: ProcessRewardModel,
     tasks: list[Task],
     budget: int,
@@ -434,10 +434,11 @@ def scored_draw(
     seed: int,
     max_new: int,
 ) -> tuple[list[Searched], list[list[list[float]]]]:
-    """One draw of `budget` samples per task, ORM-scored (`Searched.scores`), and the PRM's
-    step scores of every sample, per task."""
+    """One draw of `budget` samples per task, ORM-scored (`Searched.scores`; 0 without `orm`),
+    and the PRM's step scores of every sample, per task."""
     sample = Sampling(temperature=temperature, max_new_tokens=max_new, seed=seed)
-    found = search(model, family, tasks, budget, sample, orm.score)
+    scorer = orm.score if orm is not None else lambda ps, cs: [0.0] * len(cs)
+    found = search(model, family, tasks, budget, sample, scorer)
     flat_p = [t.prompt for t, f in zip(tasks, found, strict=True) for _ in f.texts]
     flat_c = [c for f in found for c in f.texts]
     step_scores = prm.step_scores(flat_p, flat_c)
@@ -465,6 +466,11 @@ def prm_selections(
             wv.append(right(family, t, weighted_majority_vote(f.answers, scores)[0]))
         out[how] = {"best_of_n": bon, "weighted_vote": wv}
     return out
+
+
+def rated(selections: dict[str, dict[str, list[bool]]]) -> dict[str, dict[str, float]]:
+    """`prm_selections`' per-task outcomes as accuracies."""
+    return {how: {k: rate(v) for k, v in sel.items()} for how, sel in selections.items()}
 
 
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
@@ -536,14 +542,12 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     # The sampling temperature and the step-score aggregation are chosen on the probe tasks
     # (never reported), by PRM best-of-N accuracy; the held-out figures then use that choice.
     probe_tasks = [t for lv in band for t in probe[lv]]
-    grid: dict[str, dict[str, Any]] = {}
-    draws: dict[float, tuple[list[Searched], list[list[list[float]]], float]] = {}
+    on_probe: dict[float, dict[str, dict[str, float]]] = {}
     for temp in args.temperatures:
-        t0 = time.perf_counter()
         p_found, p_steps = scored_draw(
             model,
             family,
-            orm,
+            None,
             prm,
             probe_tasks,
             args.budget,
@@ -551,10 +555,25 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             75_000 + seed + args.draw_seed,
             max_new,
         )
+        on_probe[temp] = rated(prm_selections(family, probe_tasks, p_found, p_steps))
+    allowed = AGGREGATIONS if args.aggregate == "probe" else (args.aggregate,)
+    # max keeps the first of equals: the order of --temperatures, then AGGREGATIONS'.
+    temperature, how_chosen = max(
+        ((temp, how) for temp in args.temperatures for how in allowed),
+        key=lambda th: on_probe[th[0]][th[1]]["best_of_n"],
+    )
+    # Weighted voting shares the draw (so the temperature) and picks its own aggregation.
+    how_vote = max(allowed, key=lambda how: on_probe[temperature][how]["weighted_vote"])
+
+    # The held-out grid of every setting, printed beside the choice; only the chosen draw is
+    # ORM-scored, since only its rows are reported.
+    grid: dict[str, dict[str, Any]] = {}
+    for temp in args.temperatures:
+        t0 = time.perf_counter()
         found_t, steps_t = scored_draw(
             model,
             family,
-            orm,
+            orm if temp == temperature else None,
             prm,
             tasks,
             args.budget,
@@ -562,33 +581,19 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             70_000 + seed + args.draw_seed,
             max_new,
         )
-        # Both draws were timed together; half is a fair share for the held-out one.
-        draws[temp] = (found_t, steps_t, (time.perf_counter() - t0) / 2)
-        on_probe = prm_selections(family, probe_tasks, p_found, p_steps)
-        on_held = prm_selections(family, tasks, found_t, steps_t)
+        if temp == temperature:
+            found, per_task_steps, draw_s = found_t, steps_t, time.perf_counter() - t0
+            selections = prm_selections(family, tasks, found, per_task_steps)
+            on_held = rated(selections)
+        else:
+            on_held = rated(prm_selections(family, tasks, found_t, steps_t))
         for how in AGGREGATIONS:
             grid[f"T={temp:g} {how}"] = {
                 "temperature": temp,
                 "aggregate": how,
-                "probe": {k: rate(v) for k, v in on_probe[how].items()},
-                "heldout": {k: rate(v) for k, v in on_held[how].items()},
+                "probe": on_probe[temp][how],
+                "heldout": on_held[how],
             }
-    fixed = [] if args.aggregate == "probe" else [args.aggregate]
-    choice = max(
-        (g for g in grid.values() if not fixed or g["aggregate"] in fixed),
-        key=lambda g: g["probe"]["best_of_n"],  # max keeps the first of equals: list order
-    )
-    temperature, how_chosen = choice["temperature"], choice["aggregate"]
-    # Weighted voting shares the draw (so the temperature) and picks its own aggregation.
-    how_vote = max(
-        (
-            g
-            for g in grid.values()
-            if g["temperature"] == temperature and (not fixed or g["aggregate"] in fixed)
-        ),
-        key=lambda g: g["probe"]["weighted_vote"],
-    )["aggregate"]
-    found, per_task_steps, draw_s = draws[temperature]
     sample_tokens = sum(f.tokens for f in found)
 
     row(
@@ -609,10 +614,9 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         sample_tokens,
         draw_s,
     )
-    selections = prm_selections(family, tasks, found, per_task_steps)
     row("PRM best-of-N", selections[how_chosen]["best_of_n"], sample_tokens, draw_s)
     row("PRM weighted vote", selections[how_vote]["weighted_vote"], sample_tokens, draw_s)
-    aggregations = {how: {k: rate(v) for k, v in sel.items()} for how, sel in selections.items()}
+    aggregations = rated(selections)
     row(
         "pass@N (ceiling)",
         [any(right(family, t, a) for a in f.answers) for t, f in zip(tasks, found, strict=True)],
