@@ -16,8 +16,8 @@ the work) or `--max-rounds` is reached, so a cheap method gets more rounds than 
 one. Runs resume: the same command again only runs what is
 missing, and a larger budget extends them.
 
-Prints, per preset, held-out pass@1 at round 0 and at the end of the budget (mean over seeds and
-each seed's gain), and writes methods.json (every run's curve: seconds and pass@1 per round) and
+Prints, per preset, held-out pass@1 at round 0 and at exactly the budget (mean over seeds and
+each seed's gain; `at_budget` reads each curve linearly between the rounds either side of it), and writes methods.json (every run's curve: seconds and pass@1 per round) and
 methods.png (pass@1 against training seconds, mean over seeds) into --out. A preset counts as
 improving when its gain is positive in every seed.
 """
@@ -109,14 +109,16 @@ def run_one(
 
 
 def at_budget(curve: dict, budget: float) -> float:
-    """pass@1 of the last round that finished within the budget (round 0 if none did); a round
-    that ran past it counts when it is the first to reach it, as the budget's last round."""
-    value = curve["pass@1"][0]
-    for s, p in zip(curve["seconds"], curve["pass@1"], strict=True):
-        value = p
-        if s >= budget:
-            break
-    return value
+    """pass@1 at exactly `budget` training seconds: linear between the last round within it and
+    the round that crosses it, so a method whose rounds cost more gets no more time than one
+    whose rounds cost less (counting the crossing round whole gave it up to a round's worth);
+    the last round's pass@1 when the run stopped before the budget (`--max-rounds`)."""
+    seconds, pass1 = curve["seconds"], curve["pass@1"]
+    for i in range(1, len(seconds)):
+        if seconds[i] >= budget:
+            share = (budget - seconds[i - 1]) / (seconds[i] - seconds[i - 1])
+            return pass1[i - 1] + share * (pass1[i] - pass1[i - 1])
+    return pass1[-1]
 
 
 def finish_plot(fig, ax, budget: float, title: str, path: Path) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.autograd.graph import increment_version
 
 ORDER_TIMEOUT = timedelta(days=7)
 """How long the other ranks wait for rank 0's next order: rank 0 generates and evaluates alone
@@ -138,6 +139,9 @@ def broadcast_module(module: torch.nn.Module) -> None:
         return
     for t in [*module.parameters(), *module.buffers()]:
         dist.broadcast(t.data, src=0)
+        # A collective writes past autograd's version counter, which tells a model's cached
+        # decode copy (`TinyModel._decode_module`) that its weights changed.
+        increment_version(t)
 
 
 def shard(idx: list[int]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import stat
@@ -188,3 +189,32 @@ def test_build_is_cached_and_failures_are_clear(tmp_path, monkeypatch):
     assert decode_kernels.build() == first and first.stat().st_mtime_ns == mtime
     monkeypatch.setenv("REASONLOOP_DECODE_KERNELS", "0")
     assert decode_kernels.kernels.__wrapped__() is None
+
+
+def test_bf16_decode_copy_is_made_once_and_follows_the_weights(reverser):
+    """The bf16 copy is reused while the weights stay as they are, and made again after an
+    in-place update (an optimiser step) or a load: the decode is then a fresh model's."""
+    cfg = reverser.config.model_copy(update={"decode_dtype": "bfloat16"})
+    model = TinyModel(cfg, copy.deepcopy(reverser.module))
+    rng = random.Random(5)
+    prompts = ["".join(rng.choices("abcdefgh", k=4)) + "=" for _ in range(40)]
+    greedy = Sampling(0.0, max_new_tokens=6, stop_at_newline=True)
+
+    def texts(m: TinyModel) -> list[str]:
+        return [c[0].text for c in m.generate(prompts, 1, greedy)]
+
+    before = texts(model)
+    first = model._decode_copy
+    assert texts(model) == before and model._decode_copy is first  # unchanged weights: reused
+
+    original = copy.deepcopy(model.module.state_dict())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    changed = texts(model)
+    assert changed != before, "the update should change the greedy answers"
+    assert changed == texts(TinyModel(cfg, copy.deepcopy(model.module)))
+
+    model.module.load_state_dict(original)
+    assert texts(model) == before
