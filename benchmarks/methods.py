@@ -17,8 +17,9 @@ one. Runs resume: the same command again only runs what is
 missing, and a larger budget extends them.
 
 Prints, per preset, held-out pass@1 at round 0 and at exactly the budget (mean over seeds and
-each seed's gain; `at_budget` reads each curve linearly between the rounds either side of it), and writes methods.json (every run's curve: seconds and pass@1 per round) and
-methods.png (pass@1 against training seconds, mean over seeds) into --out. A preset counts as
+each seed's gain; `at_budget` reads each curve linearly between the rounds either side of it),
+and writes methods.json (every run's curve: seconds and pass@1 per round) and methods.png
+(pass@1 against training seconds, mean over seeds) into --out. A preset counts as
 improving when its gain is positive in every seed.
 """
 

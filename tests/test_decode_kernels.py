@@ -193,7 +193,7 @@ def test_build_is_cached_and_failures_are_clear(tmp_path, monkeypatch):
 
 def test_bf16_decode_copy_is_made_once_and_follows_the_weights(reverser):
     """The bf16 copy is reused while the weights stay as they are, and made again after an
-    in-place update (an optimiser step) or a load: the decode is then a fresh model's."""
+    in-place update (as an optimiser step makes) or a load: the decode is then a fresh model's."""
     cfg = reverser.config.model_copy(update={"decode_dtype": "bfloat16"})
     model = TinyModel(cfg, copy.deepcopy(reverser.module))
     rng = random.Random(5)
