@@ -581,12 +581,11 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             70_000 + seed + args.draw_seed,
             max_new,
         )
+        draw_s_t = time.perf_counter() - t0
+        selections_t = prm_selections(family, tasks, found_t, steps_t)
+        on_held = rated(selections_t)
         if temp == temperature:
-            found, per_task_steps, draw_s = found_t, steps_t, time.perf_counter() - t0
-            selections = prm_selections(family, tasks, found, per_task_steps)
-            on_held = rated(selections)
-        else:
-            on_held = rated(prm_selections(family, tasks, found_t, steps_t))
+            found, draw_s, selections = found_t, draw_s_t, selections_t
         for how in AGGREGATIONS:
             grid[f"T={temp:g} {how}"] = {
                 "temperature": temp,
