@@ -31,7 +31,11 @@ per seed (`--seeds`). One thread, fp32, CPU, for both.
 `--share-prompts` runs each prompt once for its completions in a minibatch
 (`algorithms/shared_prefix.py`), `--minibatch` sets how ours cuts a generation into its steps
 (`strategy.rl.minibatch`; TRL's are random); both are the same loss, so the same settings.
-Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
+Without dynamic sampling, groups whose rewards are all equal stay in every minibatch on both
+sides, but ours never runs them through the network: with no KL term a zero-advantage completion
+adds nothing to the loss or its gradient, only to the token count it is divided by
+(`grpo.zero_advantage_rows`), so the steps are the same to float rounding. The share of such
+completions is printed. Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
 the same training prompts; ours takes the rollout policy's log-probs from its sampler
 (`Completion.token_logprobs`, equal to a forward pass's to float rounding) where TRL runs a
 forward pass for them; a completion cut at `max_new` tokens gets our stop newline appended
@@ -243,6 +247,7 @@ def ours_grpo(
     clock = Clock()
     points = [Checkpoint(0, 0.0, 0.0, setup.start)]
     last = args.generations * (args.reach_cap if target is not None else 1)
+    sampled = skipped = 0
     for gen in range(1, last + 1):
         if len(order) < args.prompts:  # shuffled passes over the training prompts
             order += rng.sample(setup.train, len(setup.train))
@@ -259,7 +264,7 @@ def ours_grpo(
             behaviour.append(
                 [None if c.token_logprobs is None else torch.tensor(c.token_logprobs) for c in cs]
             )
-        train_policy_gradient(
+        stats = train_policy_gradient(
             model,
             groups,
             train,
@@ -269,11 +274,17 @@ def ours_grpo(
             optimizer=opt,
             behaviour=behaviour,
         )
+        sampled += args.prompts * args.group
+        skipped += stats["rows_skipped"] + args.group * (stats["groups"] - stats["groups_kept"])
         if gen % args.eval_every == 0 or gen == last:
             score = lambda: evaluate(model, setup.family, setup.heldout, args.max_new)["pass@1"]  # noqa: E731
             points.append(clock.checkpoint(gen, score))
             if target is not None and gen >= args.generations and points[-1].pass1 >= target:
                 break
+    print(
+        f"ours: {skipped / sampled:.1%} of the {sampled} sampled completions had zero advantage "
+        "and never ran through the network (dropped, or skipped as adding nothing)"
+    )
     return points
 
 

@@ -8,7 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reasonloop.algorithms.logprobs import sequence_logps
+from reasonloop.algorithms.grpo import group_advantages, grpo_loss
+from reasonloop.algorithms.logprobs import sequence_logps, token_logps
+from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, set_lr
 from reasonloop.algorithms.policy_gradient import Group, groups_from_round, train_policy_gradient
 from reasonloop.algorithms.sft import encode_example
 from reasonloop.config import ModelConfig, RLConfig, TrainConfig, load_config
@@ -91,6 +93,78 @@ def test_the_samplers_own_log_probs_stand_in_for_the_old_policy_pass():
     short = [[torch.zeros(1) for _ in row] for row in behaviour]
     with pytest.raises(ValueError, match="behaviour log-probs of completion 0 have 1 values"):
         train_policy_gradient(model.copy(), groups, cfg, rl, seed=0, behaviour=short)
+
+
+OLD_LOGP = -1.5
+"""The rollout policy's log-prob of every token in the skip test: ratios away from 1, so the
+loss and clip fraction depend on the means' denominators (AdamW's step alone would not)."""
+
+
+def _full_step(model, opt, groups, cfg, rl) -> tuple[float, float]:
+    """One step on every completion run through the network, as TRL does: the reference for
+    `train_policy_gradient`, which skips the zero-advantage ones."""
+    seqs = [
+        encode_example(model.tokenizer, SFTExample(g.prompt, c))
+        for g in groups
+        for c in g.completions
+    ]
+    adv = torch.cat(
+        [group_advantages(torch.tensor([g.rewards], dtype=torch.float64))[0] for g in groups]
+    ).float()
+    model.module.train()
+    logps, mask = token_logps(model, seqs)
+    loss, s = grpo_loss(
+        logps,
+        adv,
+        mask,
+        old_logps=torch.full_like(logps, OLD_LOGP),
+        aggregation=rl.aggregation,
+        max_tokens=16,
+    )
+    loss.backward()
+    set_lr(opt, lr_at(0, 1, cfg))
+    clip_and_step(opt, cfg)
+    return loss.item(), s["clip_fraction"]
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_zero_advantage_completions_are_skipped_and_the_step_is_the_same(
+    aggregation, share_prompts
+):
+    """Groups whose rewards are all equal (kept: no dynamic sampling) never run through the
+    network, yet the weights, loss and AdamW state follow the step that runs every completion,
+    also on a step where every completion has zero advantage (the moments still move it)."""
+    model = TinyModel.create(CFG, 0)
+    live = [g for g in _groups()[:-1] if g.prompt[0] in "024"]  # 6 groups with signal
+    flat = [
+        Group(f"f{i}", f"{i}+9=", [str(i + 9), str(i + 8)], [float(i % 2)] * 2) for i in range(5)
+    ]
+    mixed = [g for pair in zip(live, flat, strict=False) for g in pair] + live[5:]
+    cfg = TrainConfig(steps=1, batch_size=100, lr=3e-3, warmup_steps=1, grad_clip=1e9)
+    rl = RLConfig(dynamic_sampling=False, aggregation=aggregation, share_prompts=share_prompts)
+    a, b = model.copy(), model.copy()
+    opt_a, opt_b = adamw(a.module, cfg), adamw(b.module, cfg)
+    for groups in (mixed, flat):
+        before = [p.detach().clone() for p in b.module.parameters()]
+        behaviour = [[torch.full((len(c) + 1,), OLD_LOGP) for c in g.completions] for g in groups]
+        stats = train_policy_gradient(
+            a, groups, cfg, rl, seed=0, max_new_tokens=16, optimizer=opt_a, behaviour=behaviour
+        )
+        loss, clipped = _full_step(b, opt_b, groups, cfg, rl)
+        assert stats["rows_skipped"] == 2 * sum(g in flat for g in groups)
+        assert stats["losses"][0] == pytest.approx(loss, abs=1e-6)
+        assert stats["clip_fraction"][0] == pytest.approx(clipped, abs=1e-6)
+        assert groups is flat or (abs(loss) > 0.01 and clipped > 0.01)
+        for pa, pb in zip(a.module.parameters(), b.module.parameters(), strict=True):
+            assert torch.allclose(pa, pb, atol=1e-5)  # float rounding, amplified by AdamW
+        assert (
+            max(
+                (pb - p0).abs().max().item()
+                for pb, p0 in zip(b.module.parameters(), before, strict=True)
+            )
+            > 1e-4
+        )
 
 
 def test_kl_to_a_reference_is_logged_and_required():

@@ -67,6 +67,15 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+def zero_advantage_rows(advantages: list[float] | list[torch.Tensor]) -> list[bool]:
+    """Per completion: are its advantages (one, or one per token) all zero? Without a KL term
+    such a completion adds nothing to the clipped surrogate or its gradient (its ratio only
+    multiplies zero), so a trainer may skip its forward and backward and pass the minibatch's
+    counts to `grpo_loss` instead: the same loss and step, to float rounding. In GRPO these
+    are the groups whose rewards are all equal, which TRL still runs through the network."""
+    return [not bool(torch.as_tensor(a).ne(0).any()) for a in advantages]
+
+
 def grpo_loss(
     logps: torch.Tensor,
     advantages: torch.Tensor,
@@ -79,6 +88,8 @@ def grpo_loss(
     aggregation: Aggregation = "sequence",
     max_tokens: int | None = None,
     kl_importance: bool = True,
+    n_rows: int | None = None,
+    n_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss and stats (kl, clip_fraction) of a batch of B completions of T tokens.
 
@@ -86,7 +97,12 @@ def grpo_loss(
     e.g. per-step process rewards). old_logps None = on-policy (ratio 1, gradient intact);
     `fixed` aggregation divides by B x max_tokens (default T). The samples come from the old
     policy, so with `kl_importance` the KL estimate is weighted by the ratio pi/pi_old to make it
-    an estimate under the current policy (as TRL does by default)."""
+    an estimate under the current policy (as TRL does by default).
+
+    `n_rows` and `n_tokens` (default B and the mask's count) are the whole minibatch's
+    completions and completion tokens, where completions that add nothing were left out of the
+    tensors: with beta 0, one whose advantages are all zero has a zero loss and gradient, and
+    counts only in the means' denominators (`zero_advantage_rows`)."""
     mask = mask.to(logps.dtype)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     old = logps.detach() if old_logps is None else old_logps
@@ -101,19 +117,23 @@ def grpo_loss(
         if kl_importance:
             kl = kl * ratio
         per_token = per_token + beta * kl
-    n_tokens = mask.sum().clamp(min=1)
+    if (n_rows is not None or n_tokens is not None) and beta:
+        raise ValueError("grpo_loss: n_rows and n_tokens leave rows out, which a KL term forbids")
+    rows = logps.shape[0] if n_rows is None else n_rows
+    tokens = mask.sum() if n_tokens is None else torch.tensor(float(n_tokens))
+    n_tokens_t = tokens.clamp(min=1)
     if aggregation == "sequence":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(rows, 1)
     elif aggregation == "token":
-        loss = (per_token * mask).sum() / n_tokens
+        loss = (per_token * mask).sum() / n_tokens_t
     elif aggregation == "fixed":
-        loss = (per_token * mask).sum() / (logps.shape[0] * (max_tokens or logps.shape[1]))
+        loss = (per_token * mask).sum() / (max(rows, 1) * (max_tokens or logps.shape[1]))
     else:
         raise ValueError(f"aggregation must be sequence, token or fixed, got {aggregation!r}")
     with torch.no_grad():
         was_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
         stats = {
-            "kl": float((kl * mask).sum() / n_tokens),
-            "clip_fraction": float((was_clipped.to(mask.dtype) * mask).sum() / n_tokens),
+            "kl": float((kl * mask).sum() / n_tokens_t),
+            "clip_fraction": float((was_clipped.to(mask.dtype) * mask).sum() / n_tokens_t),
         }
     return loss, stats

@@ -34,6 +34,7 @@ from reasonloop.algorithms.grpo import (
     overlong_penalty,
     rloo_advantages,
     varied_groups,
+    zero_advantage_rows,
 )
 from reasonloop.algorithms.logprobs import frozen_token_logps, token_logps
 from reasonloop.algorithms.optim import adamw, clip_and_step, lr_at, record_step, set_lr
@@ -148,6 +149,7 @@ def train_policy_gradient(
         "reward_mean": 0.0,
         "groups": len(groups),
         "groups_kept": 0,
+        "rows_skipped": 0,
     }
     if not groups:
         return stats
@@ -181,12 +183,25 @@ def train_policy_gradient(
     stored = (
         [b for i in kept for b in behaviour[i]] if behaviour is not None else [None] * len(seqs)
     )
-    todo = [k for k, b in enumerate(stored) if b is None]
+    # Without a KL term a completion with zero advantage changes neither the loss nor its
+    # gradient, only the means' denominators, so it is never run through the network (groups
+    # whose rewards are all equal, when dynamic sampling keeps them). Under FSDP every rank must
+    # take part in every forward, so there all rows run.
+    idle = (
+        zero_advantage_rows(adv)
+        if not rl.kl_beta and not fsdp.enabled(model)
+        else [False] * len(seqs)
+    )
+    stats["rows_skipped"] = sum(idle)
+    todo = [k for k, b in enumerate(stored) if b is None and not idle[k]]
     logps_of = shared_token_logps if rl.share_prompts else token_logps
     taken = iter(frozen_token_logps(model, [seqs[k] for k in todo], logps_of) if todo else [])
-    old = [next(taken) if b is None else b.float() for b in stored]
+    old = [
+        b.float() if b is not None else None if idle[k] else next(taken)
+        for k, b in enumerate(stored)
+    ]
     for k, (o, (ids, p_len)) in enumerate(zip(old, seqs, strict=True)):
-        if len(o) != len(ids) - p_len:
+        if o is not None and len(o) != len(ids) - p_len:
             raise ValueError(
                 f"behaviour log-probs of completion {k} have {len(o)} values for its "
                 f"{len(ids) - p_len} tokens (the stop newline included)"
@@ -223,35 +238,37 @@ def train_policy_gradient(
                     lr = lr_at(step, total, cfg)
                     set_lr(opt, lr)
                     rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
-                    logps, mask = logps_of(model, [seqs[i] for i in rows])
-                    old_b = _pad([old[i] for i in rows], mask)
-                    ref_b = _pad([ref[i] for i in rows], mask) if ref is not None else None
-                    if dense is None:
-                        a = torch.tensor(
-                            [adv[i] for i in rows], dtype=logps.dtype, device=logps.device
+                    live = [i for i in rows if not idle[i]]
+                    if live:
+                        loss, s = _surrogate(
+                            model,
+                            logps_of,
+                            seqs,
+                            rows,
+                            live,
+                            old,
+                            ref,
+                            adv,
+                            dense is None,
+                            rl,
+                            max_new_tokens,
                         )
+                        kl, clipped = s["kl"], s["clip_fraction"]
                     else:
-                        a = _pad([adv[i] for i in rows], mask)
-                    loss, s = grpo_loss(
-                        logps,
-                        a,
-                        mask,
-                        old_logps=old_b,
-                        ref_logps=ref_b,
-                        beta=rl.kl_beta,
-                        eps_low=rl.clip_low,
-                        eps_high=rl.clip_high,
-                        aggregation=rl.aggregation,
-                        max_tokens=max_new_tokens,
-                    )
-                    kl, clipped = s["kl"], s["clip_fraction"]
+                        # a zero loss: AdamW still steps (moments decay, weights decay), as it
+                        # would on the zero gradient of these rows run through the network
+                        loss, kl, clipped = torch.zeros(()), 0.0, 0.0
+                        for p in module.parameters():
+                            if p.requires_grad:
+                                p.grad = torch.zeros_like(p)
                     if distributed.active():
                         # kl and clip_fraction are token means; the loss is a token mean (`token`)
                         # or a mean over completions (`sequence`, and `fixed` with its fixed length).
                         tok = distributed.weight(idx, lambda i: len(seqs[i][0]) - seqs[i][1])
                         row = tok if rl.aggregation == "token" else distributed.weight(idx)
                         loss, kl, clipped = loss * row, kl * tok, clipped * tok
-                    loss.backward()
+                    if loss.requires_grad:
+                        loss.backward()
                     value, kl, clipped = distributed.sync_grads(
                         module.parameters(), [loss.item(), kl, clipped]
                     )
@@ -445,6 +462,45 @@ def _explained_variance_of_sums(sums: list[float]) -> float:
     if var_r <= 1e-12 * r2 / n:
         return 0.0
     return 1.0 - (d2 - d * d / n) / (n - 1) / var_r
+
+
+def _surrogate(
+    model: LanguageModel,
+    logps_of: Callable,
+    seqs: list[tuple[list[int], int]],
+    rows: list[int],
+    live: list[int],
+    old: list[torch.Tensor | None],
+    ref: list[torch.Tensor] | None,
+    adv: list,
+    outcome: bool,
+    rl: RLConfig,
+    max_new_tokens: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate of minibatch `rows`, run on its `live` rows only; the others have
+    zero advantage and count in the means' denominators alone (`grpo.zero_advantage_rows`)."""
+    logps, mask = logps_of(model, [seqs[i] for i in live])
+    old_b = _pad([old[i] for i in live], mask)  # type: ignore[misc]
+    ref_b = _pad([ref[i] for i in live], mask) if ref is not None else None
+    if outcome:
+        a = torch.tensor([adv[i] for i in live], dtype=logps.dtype, device=logps.device)
+    else:
+        a = _pad([adv[i] for i in live], mask)
+    left_out = len(live) < len(rows)
+    return grpo_loss(
+        logps,
+        a,
+        mask,
+        old_logps=old_b,
+        ref_logps=ref_b,
+        beta=rl.kl_beta,
+        eps_low=rl.clip_low,
+        eps_high=rl.clip_high,
+        aggregation=rl.aggregation,
+        max_tokens=max_new_tokens,
+        n_rows=len(rows) if left_out else None,
+        n_tokens=sum(len(seqs[i][0]) - seqs[i][1] for i in rows) if left_out else None,
+    )
 
 
 def _dense_rows(

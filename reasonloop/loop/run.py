@@ -530,6 +530,7 @@ TRAIN_FIGURES = (
     "reward_mean",
     "groups",
     "groups_kept",
+    "rows_skipped",
     "rl_inputs",
     "seed_checks",
     "seed_stalled",
