@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
+from reasonloop.algorithms.frozen import frozen_map
 from reasonloop.algorithms.sft import collate
 from reasonloop.models.base import LanguageModel
 
@@ -46,15 +47,9 @@ def frozen_token_logps(
     """Each sequence's completion-token log-probs (a 1-D tensor per sequence) without gradient,
     in eval mode and in chunks: the reference or old-policy pass of DPO and the RL trainers.
     `forward` is `token_logps` or another with its outputs (`shared_prefix.shared_token_logps`)."""
-    module = model.module
-    was_training = module.training
-    module.eval()
-    out: list[torch.Tensor] = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(seqs), FROZEN_CHUNK):
-                logps, mask = forward(model, seqs[s : s + FROZEN_CHUNK])
-                out += [row[m] for row, m in zip(logps, mask, strict=True)]
-    finally:
-        module.train(was_training)
-    return out
+
+    def rows(chunk: Sequence[tuple[list[int], int]]) -> list[torch.Tensor]:
+        logps, mask = forward(model, list(chunk))
+        return [row[m] for row, m in zip(logps, mask, strict=True)]
+
+    return frozen_map(model.module, seqs, FROZEN_CHUNK, rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -29,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from reasonloop.algorithms.frozen import frozen_map
 from reasonloop.algorithms.logprobs import FROZEN_CHUNK
 from reasonloop.algorithms.sft import collate
 from reasonloop.models.base import LanguageModel
@@ -131,15 +133,9 @@ class Critic(ScalarHead):
 def frozen_values(critic: Critic, seqs: list[tuple[list[int], int]]) -> list[torch.Tensor]:
     """Each sequence's completion-token values (a 1-D tensor per sequence) without gradient, in
     eval mode and in chunks: PPO's old values, taken once before the round's updates."""
-    module = critic.module
-    was_training = module.training
-    module.eval()
-    out: list[torch.Tensor] = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(seqs), FROZEN_CHUNK):
-                values, mask = critic.values(seqs[s : s + FROZEN_CHUNK])
-                out += [row[m] for row, m in zip(values, mask, strict=True)]
-    finally:
-        module.train(was_training)
-    return out
+
+    def rows(chunk: Sequence[tuple[list[int], int]]) -> list[torch.Tensor]:
+        values, mask = critic.values(list(chunk))
+        return [row[m] for row, m in zip(values, mask, strict=True)]
+
+    return frozen_map(critic.module, seqs, FROZEN_CHUNK, rows)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from reasonloop.algorithms.dpo import preference_pairs
 from reasonloop.algorithms.fit import fit
+from reasonloop.algorithms.frozen import frozen_map
 from reasonloop.config import TrainConfig
 from reasonloop.evaluator.reward_model import SCORE_CHUNK, OutcomeRewardModel
 from reasonloop.types import Judgement, PreferencePair, Task, Trace
@@ -100,16 +101,7 @@ class PairwiseRewardModel(OutcomeRewardModel):
     def rewards(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The rewards r (head output, offset included), without gradient, in eval mode."""
         seqs = self.encode(prompts, completions)
-        was_training = self.module.training
-        self.module.eval()
-        out: list[float] = []
-        try:
-            with torch.no_grad():
-                for s in range(0, len(seqs), SCORE_CHUNK):
-                    out += self.logits(seqs[s : s + SCORE_CHUNK]).tolist()
-        finally:
-            self.module.train(was_training)
-        return out
+        return frozen_map(self.module, seqs, SCORE_CHUNK, lambda c: self.logits(c).tolist())
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """sigmoid(r) per (prompt, completion): a probability once the offset is fitted."""

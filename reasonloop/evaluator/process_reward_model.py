@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonloop.algorithms.fit import fit
+from reasonloop.algorithms.frozen import frozen_map
 from reasonloop.algorithms.sft import collate, encode_example
 from reasonloop.algorithms.step_dpo import first_wrong_step
 from reasonloop.algorithms.value_head import ScalarHead
@@ -268,20 +269,12 @@ class ProcessRewardModel(ScalarHead):
     def step_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[list[float]]:
         """P(good) at each scored place of each (prompt, completion): one per step, then one for
         the final answer when there is one. No gradient, eval mode, in chunks."""
-        seqs = self.encode(prompts, completions)
-        was_training = self.module.training
-        self.module.eval()
-        out: list[list[float]] = []
-        try:
-            with torch.no_grad():
-                for s in range(0, len(seqs), SCORE_CHUNK):
-                    chunk = seqs[s : s + SCORE_CHUNK]
-                    logits, _ = self.logits(chunk)
-                    probs = torch.sigmoid(logits).tolist()
-                    out += [row[: len(pos)] for row, (_, _, pos) in zip(probs, chunk, strict=True)]
-        finally:
-            self.module.train(was_training)
-        return out
+
+        def rows(chunk: Sequence[Encoded]) -> list[list[float]]:
+            probs = torch.sigmoid(self.logits(list(chunk))[0]).tolist()
+            return [row[: len(pos)] for row, (_, _, pos) in zip(probs, chunk, strict=True)]
+
+        return frozen_map(self.module, self.encode(prompts, completions), SCORE_CHUNK, rows)
 
     def scorer(self, how: Aggregation) -> Callable[[list[str], list[str]], list[float]]:
         """An outcome scorer (`reasoner.search.Scorer`): the aggregated step scores."""
@@ -377,20 +370,15 @@ Features = tuple[torch.Tensor, torch.Tensor | None]
 
 def cached_features(prm: ProcessRewardModel, seqs: list[Encoded]) -> list[Features]:
     """`prm.features` of every sequence, computed once in eval mode without gradient."""
-    was_training = prm.module.training
-    prm.module.eval()
-    out: list[Features] = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(seqs), SCORE_CHUNK):
-                chunk = seqs[s : s + SCORE_CHUNK]
-                places, least, _ = prm.features(chunk)
-                for r, (_, _, pos) in enumerate(chunk):
-                    u = len(pos)
-                    out.append((places[r, :u], None if least is None else least[r, :u]))
-    finally:
-        prm.module.train(was_training)
-    return out
+
+    def rows(chunk: Sequence[Encoded]) -> list[Features]:
+        places, least, _ = prm.features(list(chunk))
+        return [
+            (places[r, : len(pos)], None if least is None else least[r, : len(pos)])
+            for r, (_, _, pos) in enumerate(chunk)
+        ]
+
+    return frozen_map(prm.module, seqs, SCORE_CHUNK, rows)
 
 
 def stack_features(rows: list[Features]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

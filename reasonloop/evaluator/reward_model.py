@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonloop.algorithms.fit import fit
+from reasonloop.algorithms.frozen import frozen_map
 from reasonloop.algorithms.sft import collate, encode_example
 from reasonloop.algorithms.value_head import ScalarHead
 from reasonloop.config import TrainConfig
@@ -76,16 +77,9 @@ class OutcomeRewardModel(ScalarHead):
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """P(right) per (prompt, completion), without gradient, in eval mode and in chunks."""
         seqs = self.encode(prompts, completions)
-        was_training = self.module.training
-        self.module.eval()
-        out: list[float] = []
-        try:
-            with torch.no_grad():
-                for s in range(0, len(seqs), SCORE_CHUNK):
-                    out += torch.sigmoid(self.logits(seqs[s : s + SCORE_CHUNK])).tolist()
-        finally:
-            self.module.train(was_training)
-        return out
+        return frozen_map(
+            self.module, seqs, SCORE_CHUNK, lambda c: torch.sigmoid(self.logits(c)).tolist()
+        )
 
 
 def train_orm(

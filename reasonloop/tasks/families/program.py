@@ -92,10 +92,7 @@ class ProgramFamily(CompactFamily):
         task = self.from_program(text, answer)
         if task.params["ops"] == 0:
             raise programs.ProgramRejected("trivial", "no operation: the answer is the program")
-        try:
-            steps_answer = self.solve(task)[1]
-        except ValueError as e:
-            steps_answer = f"({e})"
+        steps_answer = self._steps_answer(task)
         if steps_answer != answer:
             raise programs.ProgramRejected("reference_mismatch", f"steps give {steps_answer}")
         return task
@@ -111,13 +108,16 @@ class ProgramFamily(CompactFamily):
                 continue
             task = self.from_program(text, answer, lv)
             task.params["gold"] = "sandbox"
-            try:
-                if self.solve(task)[1] != answer:
-                    continue
-            except ValueError:
-                continue
-            out.append(task)
+            if self._steps_answer(task) == answer:
+                out.append(task)
         return out
+
+    def _steps_answer(self, task: Task) -> str:
+        """The answer our reference steps reach on `task`'s program, or "(why)" where they fail."""
+        try:
+            return self.solve(task)[1]
+        except ValueError as e:
+            return f"({e})"
 
     def make(self, rng: random.Random, level: int) -> Task:
         """A task at `level`: its answer from the reference steps over our own program, or from
