@@ -185,11 +185,12 @@ def train_policy_gradient(
     )
     # Without a KL term a completion with zero advantage changes neither the loss nor its
     # gradient, only the means' denominators, so it is never run through the network (groups
-    # whose rewards are all equal, when dynamic sampling keeps them). Under FSDP every rank must
-    # take part in every forward, so there all rows run.
+    # whose rewards are all equal, when dynamic sampling keeps them). Under torchrun all rows
+    # run: every rank must run the same forwards (FSDP gathers in them) and draw the random
+    # numbers a single process would (the tiny model's abacus offsets, `distributed.shard`).
     idle = (
         zero_advantage_rows(adv)
-        if not rl.kl_beta and not fsdp.enabled(model)
+        if not rl.kl_beta and not distributed.active()
         else [False] * len(seqs)
     )
     stats["rows_skipped"] = sum(idle)
