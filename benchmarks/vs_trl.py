@@ -32,11 +32,11 @@ per seed (`--seeds`). One thread, fp32, CPU, for both.
 (`algorithms/shared_prefix.py`), `--minibatch` sets how ours cuts a generation into its steps
 (`strategy.rl.minibatch`; TRL's are random); both are the same loss, so the same settings.
 Without dynamic sampling, groups whose rewards are all equal stay in every minibatch on both
-sides, but ours never runs them through the network: with no KL term a zero-advantage completion
-adds nothing to the loss or its gradient, only to the token count it is divided by
+sides, but ours never runs them through the network: with no KL term a zero-advantage
+completion adds nothing to the loss or its gradient, only to the token count it is divided by
 (`grpo.zero_advantage_rows`), so the steps are the same to float rounding. The share of such
-completions is printed. Known differences: TRL's generation batch is drawn by its own sampler, ours by `random`, from
-the same training prompts; ours takes the rollout policy's log-probs from its sampler
+completions is printed. Known differences: TRL's generation batch is drawn by its own sampler,
+ours by `random`, from the same training prompts; ours takes the rollout policy's log-probs from its sampler
 (`Completion.token_logprobs`, equal to a forward pass's to float rounding) where TRL runs a
 forward pass for them; a completion cut at `max_new` tokens gets our stop newline appended
 in our loss and not in TRL's (rare: the answers are `level` + 2 tokens).
