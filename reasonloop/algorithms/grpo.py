@@ -120,8 +120,7 @@ def grpo_loss(
     if (n_rows is not None or n_tokens is not None) and beta:
         raise ValueError("grpo_loss: n_rows and n_tokens leave rows out, which a KL term forbids")
     rows = logps.shape[0] if n_rows is None else n_rows
-    tokens = mask.sum() if n_tokens is None else torch.tensor(float(n_tokens))
-    n_tokens_t = tokens.clamp(min=1)
+    n_tokens_t = mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1)
     if aggregation == "sequence":
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(rows, 1)
     elif aggregation == "token":

@@ -240,19 +240,32 @@ def train_policy_gradient(
                     set_lr(opt, lr)
                     rows = distributed.shard(idx)  # under torchrun, this rank's part of the batch
                     live = [i for i in rows if not idle[i]]
-                    if live:
-                        loss, s = _surrogate(
-                            model,
-                            logps_of,
-                            seqs,
-                            rows,
-                            live,
-                            old,
-                            ref,
-                            adv,
-                            dense is None,
-                            rl,
-                            max_new_tokens,
+                    if live:  # the others count in the means' denominators alone
+                        logps, mask = logps_of(model, [seqs[i] for i in live])
+                        old_b = _pad([old[i] for i in live], mask)  # type: ignore[misc]
+                        ref_b = _pad([ref[i] for i in live], mask) if ref is not None else None
+                        if dense is None:
+                            a = torch.tensor(
+                                [adv[i] for i in live], dtype=logps.dtype, device=logps.device
+                            )
+                        else:
+                            a = _pad([adv[i] for i in live], mask)
+                        left_out = len(live) < len(rows)
+                        loss, s = grpo_loss(
+                            logps,
+                            a,
+                            mask,
+                            old_logps=old_b,
+                            ref_logps=ref_b,
+                            beta=rl.kl_beta,
+                            eps_low=rl.clip_low,
+                            eps_high=rl.clip_high,
+                            aggregation=rl.aggregation,
+                            max_tokens=max_new_tokens,
+                            n_rows=len(rows) if left_out else None,
+                            n_tokens=sum(len(seqs[i][0]) - seqs[i][1] for i in rows)
+                            if left_out
+                            else None,
                         )
                         kl, clipped = s["kl"], s["clip_fraction"]
                     else:
@@ -463,45 +476,6 @@ def _explained_variance_of_sums(sums: list[float]) -> float:
     if var_r <= 1e-12 * r2 / n:
         return 0.0
     return 1.0 - (d2 - d * d / n) / (n - 1) / var_r
-
-
-def _surrogate(
-    model: LanguageModel,
-    logps_of: Callable,
-    seqs: list[tuple[list[int], int]],
-    rows: list[int],
-    live: list[int],
-    old: list[torch.Tensor | None],
-    ref: list[torch.Tensor] | None,
-    adv: list,
-    outcome: bool,
-    rl: RLConfig,
-    max_new_tokens: int,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The clipped surrogate of minibatch `rows`, run on its `live` rows only; the others have
-    zero advantage and count in the means' denominators alone (`grpo.zero_advantage_rows`)."""
-    logps, mask = logps_of(model, [seqs[i] for i in live])
-    old_b = _pad([old[i] for i in live], mask)  # type: ignore[misc]
-    ref_b = _pad([ref[i] for i in live], mask) if ref is not None else None
-    if outcome:
-        a = torch.tensor([adv[i] for i in live], dtype=logps.dtype, device=logps.device)
-    else:
-        a = _pad([adv[i] for i in live], mask)
-    left_out = len(live) < len(rows)
-    return grpo_loss(
-        logps,
-        a,
-        mask,
-        old_logps=old_b,
-        ref_logps=ref_b,
-        beta=rl.kl_beta,
-        eps_low=rl.clip_low,
-        eps_high=rl.clip_high,
-        aggregation=rl.aggregation,
-        max_tokens=max_new_tokens,
-        n_rows=len(rows) if left_out else None,
-        n_tokens=sum(len(seqs[i][0]) - seqs[i][1] for i in rows) if left_out else None,
-    )
 
 
 def _dense_rows(
