@@ -81,8 +81,9 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build(compiler: str | None = None) -> Path:
-    """Compile the kernels (or find them already built); raises on failure."""
+def build(compiler: str | None = None, source: Path = SOURCE) -> Path:
+    """Compile `source` (these kernels, or `train_kernels.c`) with the headers beside it into a
+    shared library, or find it already built; raises on failure."""
     cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
@@ -90,11 +91,11 @@ def build(compiler: str | None = None) -> Path:
     if ver.returncode != 0:
         raise RuntimeError(f"{cc} --version failed: {ver.stderr[-500:]}")
     version = ver.stdout
-    source = SOURCE.read_bytes()
+    texts = [source.read_bytes(), *(h.read_bytes() for h in sorted(source.parent.glob("*.h")))]
     key = hashlib.sha256(
-        b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()])
+        b"\0".join([*texts, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()])
     ).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"decode-{key}.so"
+    out = cache_dir() / "kernels" / f"{source.stem}-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +103,10 @@ def build(compiler: str | None = None) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
+            [cc, *FLAGS, "-o", tmp, str(source), "-lm"], capture_output=True, text=True
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE}:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{cc} failed on {source}:\n{done.stderr[-2000:]}")
         os.replace(tmp, out)  # concurrent builders write the same bytes; the last rename wins
     finally:
         if os.path.exists(tmp):
@@ -196,13 +197,17 @@ def packed_linear(weight: torch.Tensor, rows: int) -> Callable[[torch.Tensor], t
         return plain
 
 
+def supported() -> bool:
+    """Linux, and torch threaded by OpenMP: elsewhere torch's threads may not be libgomp's, and
+    the kernels would add a second pool."""
+    return sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info()
+
+
 @functools.cache
 def kernels() -> Kernels | None:
     """The kernels, built and loaded once per process; None where they cannot be (see above)."""
-    if os.environ.get("REASONLOOP_DECODE_KERNELS", "1") == "0":
+    if os.environ.get("REASONLOOP_DECODE_KERNELS", "1") == "0" or not supported():
         return None
-    if not sys.platform.startswith("linux") or torch.__config__.parallel_info().find("OpenMP") < 0:
-        return None  # elsewhere torch's threads may not be libgomp's: do not add a second pool
     try:
         return Kernels(build())
     except Exception as e:  # noqa: BLE001 - any failure means: decode with torch ops

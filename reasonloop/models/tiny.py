@@ -13,7 +13,9 @@ its own positions, each prompt is prefilled once for its n samples, the KV cache
 once and written in place, sampling runs on tensors, and every few steps the rows that have
 stopped are dropped from the batch (or the loop ends when none is left). On CPU a decode step
 runs through fused C kernels (`decode_kernels.py`) and weights packed once per call; with
-`decode_dtype: bfloat16` it decodes a bf16 copy of the weights.
+`decode_dtype: bfloat16` it decodes a bf16 copy of the weights. Whole-sequence passes
+(training, scoring) run causal attention with RoPE, and SwiGLU, through fused C kernels too
+(`train_kernels.py`), forward and backward, where the layout allows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import nn
 
 from reasonloop import distributed
 from reasonloop.config import ModelConfig
+from reasonloop.models import train_kernels
 from reasonloop.models.base import Completion, Sampling, check_room, check_sampling
 from reasonloop.models.decode_kernels import SUFFIX, Kernels, kernels, packed_linear
 from reasonloop.models.tokenizer import (
@@ -83,6 +86,14 @@ def ffn_size(cfg: ModelConfig) -> int:
     if cfg.ffn_hidden:
         return cfg.ffn_hidden
     return 32 * max(1, round(8 * cfg.dim / 3 / 32))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """RMSNorm over the last dimension: the train kernel's where it applies (float32, CPU)."""
+    kern = train_kernels.kernels()
+    if kern is not None and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu":
+        return kern.rms_norm(x, weight, RMS_EPS)
+    return F.rms_norm(x, (x.shape[-1],), weight, RMS_EPS)
 
 
 def rope_tables(head_dim: int, theta: float, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +206,13 @@ class Block(nn.Module):
         """x [B, T, D]; mask None means causal. A cache [L, B, H, hd] receives this sequence's
         keys and values at positions 0..T-1 (prefill)."""
         B, T, D = x.shape
-        h = F.rms_norm(x, (D,), self.attn_norm, RMS_EPS)
+        h = rms_norm(x, self.attn_norm)
         qkv = self.wqkv(h).view(B, T, 3, self.n_heads, self.head_dim)
+        kern = train_kernels.kernels() if mask is None and cache is None else None
+        # One rope row per position (not per row and position): what the kernel reads.
+        if kern is not None and kern.usable(qkv) and (rope is None or rope[0].dim() == 4):
+            cos, sin = (None, None) if rope is None else (rope[0].view(T, -1), rope[1].view(T, -1))
+            return self._ffn(x + self.wo(kern.attention(qkv, cos, sin)))
         if rope is None:
             q, k = qkv[:, :, 0], qkv[:, :, 1]
         else:
@@ -281,8 +297,12 @@ class Block(nn.Module):
         return w_down(act)
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(x, (x.shape[-1],), self.ffn_norm, RMS_EPS)
-        gate, up = self.w_gate_up(h).chunk(2, -1)
+        h = rms_norm(x, self.ffn_norm)
+        gu = self.w_gate_up(h)
+        kern = train_kernels.kernels()
+        if kern is not None and gu.dtype == torch.float32 and gu.device.type == "cpu":
+            return x + self.w_down(kern.swiglu(gu))
+        gate, up = gu.chunk(2, -1)
         return x + self.w_down(F.silu(gate) * up)
 
 
@@ -388,7 +408,7 @@ class TinyTransformer(nn.Module):
             x = layer(x, rope, mask, None if caches is None else caches[i])
         if last_only:
             x = x[:, -1]
-        return F.rms_norm(x, (self.dim,), self.norm, RMS_EPS)
+        return rms_norm(x, self.norm)
 
     def abacus_index(
         self,
