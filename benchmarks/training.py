@@ -4,8 +4,10 @@
 
 FLOPs are counted as 6 x (parameters outside the embedding) per real (unpadded) token, the usual
 forward + backward estimate, against the best square-matmul rate of `matmul_peak.py`. The same
-loop on the same weights through the hf backend (`transformers.LlamaForCausalLM`) is timed as
-a reference when that backend is importable. Best of `reps` runs: the machine is shared.
+loop on the same weights is timed with the tiny backend's torch ops in place of its fused
+training kernels (`models/train_kernels.py`), and through the hf backend
+(`transformers.LlamaForCausalLM`) when that backend is importable. Best of `reps` runs: the
+machine is shared.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import random
 import sys
 import tempfile
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ from matmul_peak import matmul_peak_gflops  # noqa: E402
 
 from reasonloop.algorithms.sft import train_sft  # noqa: E402
 from reasonloop.config import ModelConfig, TrainConfig  # noqa: E402
+from reasonloop.models import train_kernels  # noqa: E402
 from reasonloop.models.tiny import TinyModel  # noqa: E402
 from reasonloop.types import SFTExample  # noqa: E402
 
@@ -40,11 +44,14 @@ def make_examples(n: int, seed: int = 0) -> list[SFTExample]:
 
 
 def best_runs(makers: dict, examples: list[SFTExample], cfg: TrainConfig, reps: int) -> dict:
-    """Fastest of `reps` runs of each backend, interleaved so noise hits all alike."""
+    """Fastest of `reps` runs of each backend, interleaved so noise hits all alike. A maker is a
+    model factory, or (factory, context) to train inside that context."""
     best: dict = {}
     for r in range(reps):
-        for name, make_model in makers.items():
-            stats = train_sft(make_model(), examples, cfg, seed=r)
+        for name, maker in makers.items():
+            make_model, context = maker if isinstance(maker, tuple) else (maker, nullcontext)
+            with context():
+                stats = train_sft(make_model(), examples, cfg, seed=r)
             if name not in best or stats["tokens_per_s"] > best[name]["tokens_per_s"]:
                 best[name] = stats
     return best
@@ -55,7 +62,7 @@ def bench(model_cfg: ModelConfig, args: argparse.Namespace, peak: float) -> None
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=5)
     base = TinyModel.create(model_cfg, seed=0)
     n_params = sum(p.numel() for p in base.module.parameters()) - base.module.embed.weight.numel()
-    makers = {"tiny": base.copy}
+    makers: dict = {"tiny": base.copy, "tiny, torch ops": (base.copy, train_kernels.disabled)}
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -72,16 +79,18 @@ def bench(model_cfg: ModelConfig, args: argparse.Namespace, peak: float) -> None
         f"(+ embedding); batch {args.batch}, {args.steps} steps, {min(lengths)}..{max(lengths)} tokens a sequence"
     )
     print(
-        f"{'backend':<12}{'tokens/s':>10}{'GFLOP/s':>10}{'% peak':>8}{'loss first':>12}{'loss last':>11}"
+        f"{'backend':<16}{'tokens/s':>10}{'GFLOP/s':>10}{'% peak':>8}{'loss first':>12}{'loss last':>11}"
     )
     for name, s in rows:
         gflops = 6 * n_params * s["tokens_per_s"] / 1e9
         print(
-            f"{name:<12}{s['tokens_per_s']:>10.0f}{gflops:>10.1f}{100 * gflops / peak:>7.1f}%"
+            f"{name:<16}{s['tokens_per_s']:>10.0f}{gflops:>10.1f}{100 * gflops / peak:>7.1f}%"
             f"{s['loss_first']:>12.3f}{s['loss_last']:>11.3f}"
         )
-    if len(rows) == 2:
-        print(f"tiny / hf backend: {rows[0][1]['tokens_per_s'] / rows[1][1]['tokens_per_s']:.2f}x")
+    speed = {name: s["tokens_per_s"] for name, s in rows}
+    print(f"tiny / tiny with torch ops: {speed['tiny'] / speed['tiny, torch ops']:.2f}x")
+    if "hf backend" in speed:
+        print(f"tiny / hf backend: {speed['tiny'] / speed['hf backend']:.2f}x")
 
 
 def main() -> None:

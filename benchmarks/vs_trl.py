@@ -7,7 +7,9 @@ exported copy with `SFTTrainer` (completion-only loss, no packing, fp32, CPU), w
 original with `train_sft`, on the same prompt/completion pairs with the same batch size, learning
 rate and number of steps. Both see batches of the same size drawn from the same examples, so
 tokens/s is steps/s times the mean real tokens of a batch; ours also counts its tokens exactly.
-Each side runs `steps` + 1 steps and is timed from the end of its first (warm-up) step.
+Each side runs `steps` + 1 steps and is timed from the end of its first (warm-up) step. Ours
+is also timed with the tiny backend's torch ops in place of its fused training kernels
+(`models/train_kernels.py`), the "torch ops" column.
 Best of `reps` runs, interleaved (the machine is shared). Needs `pip install trl`.
 
     python benchmarks/vs_trl.py --grpo [--generations 100] [--prompts 32] [--group 8] [--lr 1e-4]
@@ -67,6 +69,7 @@ from reasonloop.algorithms.policy_gradient import Group, train_policy_gradient  
 from reasonloop.algorithms.sft import encode_example, train_sft  # noqa: E402
 from reasonloop.config import ModelConfig, RLConfig, TasksConfig, TrainConfig  # noqa: E402
 from reasonloop.loop.heldout import evaluate, make_heldout  # noqa: E402
+from reasonloop.models import train_kernels  # noqa: E402
 from reasonloop.models.base import Sampling  # noqa: E402
 from reasonloop.models.export import load_hf_state_dict  # noqa: E402
 from reasonloop.models.tiny import TinyModel  # noqa: E402
@@ -526,18 +529,23 @@ def main() -> None:
     print(
         f"torch threads {args.threads}; batch {args.batch}, {args.steps} steps (best of {args.reps})\n"
     )
-    print(f"{'model':<24}{'ours tok/s':>12}{'TRL tok/s':>12}{'ours / TRL':>12}")
+    print(
+        f"{'model':<24}{'ours tok/s':>12}{'torch ops':>12}{'TRL tok/s':>12}{'ours / TRL':>12}"
+        f"{'torch ops / TRL':>17}"
+    )
     for cfg in (ModelConfig(), ModelConfig(dim=256, n_layers=4, n_heads=4)):
         base = TinyModel.create(cfg, seed=0)
         examples = make_examples(args.batch * (args.steps + 1))
         tokens = [len(encode_example(base.tokenizer, e)[0]) - 1 for e in examples]
         per_batch = args.batch * sum(tokens) / len(tokens)
         tcfg = TrainConfig(steps=args.steps + 1, batch_size=args.batch, lr=1e-3, warmup_steps=5)
-        ours, theirs = 0.0, 0.0
+        ours, plain, theirs = 0.0, 0.0, 0.0
         with tempfile.TemporaryDirectory() as d:
             base.export_hf(d)
             for r in range(args.reps):
                 ours = max(ours, sft_tokens_per_s(base.copy(), examples, tcfg, seed=r))
+                with train_kernels.disabled():
+                    plain = max(plain, sft_tokens_per_s(base.copy(), examples, tcfg, seed=r))
                 theirs = max(
                     theirs,
                     per_batch
@@ -545,7 +553,11 @@ def main() -> None:
                 )
         n = sum(p.numel() for p in base.module.parameters()) / 1e6
         name = f"dim {cfg.dim} x {cfg.n_layers} ({n:.2f}M)"
-        print(f"{name:<24}{ours:>12.0f}{theirs:>12.0f}{ours / theirs:>11.2f}x", flush=True)
+        print(
+            f"{name:<24}{ours:>12.0f}{plain:>12.0f}{theirs:>12.0f}{ours / theirs:>11.2f}x"
+            f"{plain / theirs:>16.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -99,11 +99,12 @@ def test_rms_norm_forward_and_backward_match_torch():
 
 
 @needs_kernels
-def test_usable_only_for_float32_cpu_head_sizes_of_16():
+def test_usable_only_for_float32_cpu_head_sizes_of_16_and_bounded_lengths():
     assert KERNELS.usable(torch.zeros(1, 2, 3, 2, 32))
     assert not KERNELS.usable(torch.zeros(1, 2, 3, 2, 24))  # not a multiple of 16
     assert not KERNELS.usable(torch.zeros(1, 2, 3, 2, 272))  # over MAX_HEAD_DIM
     assert not KERNELS.usable(torch.zeros(1, 2, 3, 2, 32, dtype=torch.bfloat16))
+    assert not KERNELS.usable(torch.zeros(1, train_kernels.MAX_LENGTH + 1, 3, 1, 16))
 
 
 def _examples() -> list[SFTExample]:
@@ -119,16 +120,17 @@ def _examples() -> list[SFTExample]:
         ModelConfig(dim=48, n_layers=2, n_heads=2),  # 24: attention through torch, SwiGLU not
     ],
 )
-def test_training_with_and_without_kernels_is_the_same(cfg, monkeypatch):
+def test_training_with_and_without_kernels_is_the_same(cfg):
     """A few seconds of real SFT: the same losses step by step and the same weights after."""
     examples = _examples()
     tcfg = TrainConfig(steps=25, batch_size=16, lr=3e-3, warmup_steps=2)
     base = TinyModel.create(cfg, seed=0)
     fused = base.copy()
     fused_stats = train_sft(fused, examples, tcfg, seed=0)
-    monkeypatch.setattr(train_kernels, "kernels", lambda: None)
     plain = base.copy()
-    plain_stats = train_sft(plain, examples, tcfg, seed=0)
+    with train_kernels.disabled():
+        assert train_kernels.kernels() is None
+        plain_stats = train_sft(plain, examples, tcfg, seed=0)
     assert fused_stats["losses"][-1] < 0.8 * fused_stats["losses"][0]  # it did learn
     torch.testing.assert_close(
         torch.tensor(fused_stats["losses"]), torch.tensor(plain_stats["losses"]), atol=1e-4, rtol=0
@@ -156,7 +158,7 @@ def test_no_compiler_means_torch_ops(monkeypatch, tmp_path, caplog):
     """With a compiler that fails (and no build cached) the kernels are None, with a warning."""
     monkeypatch.setenv("REASONLOOP_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")
-    train_kernels.kernels.cache_clear()
+    train_kernels.load.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
             assert train_kernels.kernels() is None
@@ -164,5 +166,5 @@ def test_no_compiler_means_torch_ops(monkeypatch, tmp_path, caplog):
             assert "training with torch ops" in caplog.text
     finally:
         monkeypatch.undo()
-        train_kernels.kernels.cache_clear()
+        train_kernels.load.cache_clear()
     assert (train_kernels.kernels() is None) == (KERNELS is None)

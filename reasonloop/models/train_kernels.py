@@ -17,10 +17,12 @@ rounding; tests/test_train_kernels.py compares both).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("train_kernels.c")
 MAX_HEAD_DIM = 256
 """The attention kernel takes head sizes that are multiples of 16 up to this."""
+MAX_LENGTH = 1024
+"""...and sequences up to this long: its backward holds two [T, T] score matrices per thread,
+and beyond a few hundred positions torch's flash attention, built for long sequences, is the
+better kernel."""
 
 _ptr = ctypes.c_void_p
 _long = ctypes.c_long
@@ -75,13 +81,14 @@ class TrainKernels:
         return _RMSNorm.apply(x, weight, eps, self)
 
     def usable(self, qkv: torch.Tensor) -> bool:
-        """Whether `attention` takes this projection output (its head size and dtype)."""
+        """Whether `attention` takes this projection output (dtype, head size, length)."""
         hd = qkv.shape[-1]
         return (
             qkv.dtype == torch.float32
             and qkv.device.type == "cpu"
             and hd % 16 == 0
             and hd <= MAX_HEAD_DIM
+            and qkv.shape[1] <= MAX_LENGTH
         )
 
 
@@ -173,9 +180,30 @@ class _RMSNorm(torch.autograd.Function):
         return dx, dw.sum(0), None, None
 
 
-@functools.cache
+_off = False
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block the tiny backend uses the torch ops (to compare the two, or to rule the
+    kernels out)."""
+    global _off
+    was, _off = _off, True
+    try:
+        yield
+    finally:
+        _off = was
+
+
 def kernels() -> TrainKernels | None:
-    """The kernels, built and loaded once per process; None where they cannot be (see above)."""
+    """The kernels, or None where they cannot be built, outside Linux, with
+    `REASONLOOP_TRAIN_KERNELS=0`, or inside `disabled()`."""
+    return None if _off else load()
+
+
+@functools.cache
+def load() -> TrainKernels | None:
+    """Build and load the kernels once per process; None where they cannot be."""
     if os.environ.get("REASONLOOP_TRAIN_KERNELS", "1") == "0" or not decode_kernels.supported():
         return None
     try:
