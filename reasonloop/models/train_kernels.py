@@ -3,15 +3,15 @@ and RMSNorm, each forward and backward, as autograd functions (the source is `tr
 
 Why: an SFT step of the default tiny model (dim 128, 4 layers, 64 sequences of about 46
 tokens) spent 17% of its time in torch's CPU flash attention, which is tuned for long
-sequences, and most of the rest outside the matrix products in RoPE's and SwiGLU's elementwise
-ops. The kernels take 2.3 ms a layer for the attention forward and backward where
-`scaled_dot_product_attention` with the torch RoPE took about 9 ms, and make the whole step
-about 1.25x faster at dim 128 and 1.15x at dim 256 (docs/benchmarks.md).
+sequences, and most of the rest outside the matrix products in the elementwise ops of RoPE,
+SwiGLU and RMSNorm's backward. The kernels take 2.4 ms a layer for the attention forward and
+backward where `scaled_dot_product_attention` with the torch RoPE took about 9 ms, and make
+the whole step 1.3-1.4x faster at dim 128 and 1.2x at dim 256 (docs/benchmarks.md).
 
 Built and loaded like the decode kernels (`decode_kernels.build`: on first use, with the system
 C compiler, cached per source, flags and CPU; OpenMP on torch's own threads). Where they cannot
-be built, on a platform other than Linux, or with `REASONLOOP_TRAIN_KERNELS=0`, `kernels()`
-returns None and the tiny backend trains with the torch ops (the same results to float
+be built, on a platform other than Linux, with `REASONLOOP_TRAIN_KERNELS=0` or inside
+`disabled()`, `kernels()` returns None and the tiny backend trains with the torch ops (the same results to float
 rounding; tests/test_train_kernels.py compares both).
 """
 
