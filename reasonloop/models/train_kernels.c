@@ -65,9 +65,51 @@ static void load_qk(const float *qkv, const float *cos, const float *sin, long b
         for (long t = 0; t < T; t++) kT[d * Tp + t] = kr[t * hd + d];
 }
 
+/* g [hd] = the gradient with respect to a vector before position t's rotation, given a, the
+ * gradient after it: the rotation's transpose (a copy without rotary embedding). */
+static inline void unrotate(float *restrict g, const float *restrict a, const float *cos,
+                            const float *sin, long t, long hd) {
+    if (!cos) {
+        memcpy(g, a, sizeof(float) * hd);
+        return;
+    }
+    long half = hd / 2;
+    const float *c = cos + t * hd, *s = sin + t * hd;
+    for (long d = 0; d < half; d++) {
+        g[d] = a[d] * c[d] + a[d + half] * s[d + half];
+        g[d + half] = a[d + half] * c[d + half] + a[d] * s[d];
+    }
+}
+
 #define MAXV 16 /* head size at most 16 * MAXV */
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* The body of attn_fwd and attn_bwd: CALL(nv) for every (batch row, head) (b, h), over
+ * `threads` OpenMP threads, each with its own zeroed scratch `buf` of FLOATS floats; nv is a
+ * literal for the usual head sizes, so that each gets its own unrolled copy. Returns 1 if a
+ * thread could not allocate its buffer. */
+#define EACH_ROW_HEAD(FLOATS, CALL)                                                               \
+    int failed = 0;                                                                              \
+    _Pragma("omp parallel num_threads(threads)") {                                               \
+        float *buf = calloc((FLOATS), sizeof(float));                                           \
+        if (!buf) {                                                                              \
+            _Pragma("omp atomic write") failed = 1;                                              \
+        }                                                                                        \
+        _Pragma("omp for schedule(static)") for (long bh = 0; bh < B * H; bh++) {                \
+            if (!buf) continue;                                                                  \
+            long b = bh / H, h = bh % H;                                                         \
+            switch (nv) {                                                                        \
+            case 1: CALL(1); break;                                                              \
+            case 2: CALL(2); break;                                                              \
+            case 4: CALL(4); break;                                                              \
+            case 8: CALL(8); break;                                                              \
+            default: CALL(nv);                                                                   \
+            }                                                                                    \
+        }                                                                                        \
+        free(buf);                                                                               \
+    }                                                                                            \
+    return failed;
 
 /* One (batch row, head) of the forward: nv = hd / 16 is a constant at each call site, so the
  * accumulators below live in registers. */
@@ -102,37 +144,17 @@ INLINE void fwd_one(const float *qkv, const float *cos, const float *sin, float 
 int attn_fwd(const float *qkv, const float *cos, const float *sin, float *out, float *lse,
              long B, long T, long H, long hd, float scale, int threads) {
     if (hd % 16 || hd > 16 * MAXV) return 2;
-    int failed = 0;
     long Tp = (T + 15) / 16 * 16, nv = hd / 16;
-#pragma omp parallel num_threads(threads)
-    {
-        float *buf = calloc(2 * T * hd + Tp * hd + Tp, sizeof(float));
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (long bh = 0; bh < B * H; bh++) {
-            if (!buf) continue;
-            long b = bh / H, h = bh % H;
-            switch (nv) {
-            case 1: fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, 1); break;
-            case 2: fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, 2); break;
-            case 4: fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, 4); break;
-            case 8: fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, 8); break;
-            default: fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, nv);
-            }
-        }
-        free(buf);
-    }
-    return failed;
+#define FWD(NV) fwd_one(qkv, cos, sin, out, lse, b, h, T, H, scale, buf, NV)
+    EACH_ROW_HEAD(2 * T * hd + Tp * hd + Tp, FWD)
+#undef FWD
 }
 
 /* One (batch row, head) of the backward (nv as in fwd_one). */
 INLINE void bwd_one(const float *qkv, const float *cos, const float *sin, const float *out,
                     const float *lse, const float *dout, float *dqkv, long b, long h, long T,
                     long H, float scale, float *buf, const long nv) {
-    long hd = 16 * nv, D = H * hd, half = hd / 2, Tp = (T + 15) / 16 * 16, bh = b * H + h;
+    long hd = 16 * nv, D = H * hd, Tp = (T + 15) / 16 * 16, bh = b * H + h;
     float *qr = buf, *kr = qr + T * hd, *kT = kr + T * hd, *vT = kT + Tp * hd,
           *P = vT + Tp * hd, *dS = P + T * Tp, *dp = dS + T * Tp;
     load_qk(qkv, cos, sin, b, h, T, H, hd, scale, qr, kr, kT, Tp);
@@ -171,15 +193,7 @@ INLINE void bwd_one(const float *qkv, const float *cos, const float *sin, const 
         for (long c = 0; c < nv; c++) ST(a + 16 * c, dk[c]);
         float *gk = dqkv + ((b * T + j) * 3 + 1) * D + h * hd, *gv = gk + D;
         for (long c = 0; c < nv; c++) ST(gv + 16 * c, dv[c]);
-        if (!cos) {
-            memcpy(gk, a, sizeof(float) * hd);
-            continue;
-        }
-        const float *c = cos + j * hd, *s = sin + j * hd;
-        for (long d = 0; d < half; d++) {
-            gk[d] = a[d] * c[d] + a[d + half] * s[d + half];
-            gk[d + half] = a[d + half] * c[d + half] + a[d] * s[d];
-        }
+        unrotate(gk, a, cos, sin, j, hd);
     }
     /* dQ_i = scale * sum_j dS_ij k_j (j <= i) */
     for (long i = 0; i < T; i++) {
@@ -192,15 +206,7 @@ INLINE void bwd_one(const float *qkv, const float *cos, const float *sin, const 
         float a[16 * MAXV];
         for (long c = 0; c < nv; c++) ST(a + 16 * c, dq[c] * scale);
         float *gq = dqkv + ((b * T + i) * 3) * D + h * hd;
-        if (!cos) {
-            memcpy(gq, a, sizeof(float) * hd);
-            continue;
-        }
-        const float *c = cos + i * hd, *s = sin + i * hd;
-        for (long d = 0; d < half; d++) {
-            gq[d] = a[d] * c[d] + a[d + half] * s[d + half];
-            gq[d + half] = a[d + half] * c[d + half] + a[d] * s[d];
-        }
+        unrotate(gq, a, cos, sin, i, hd);
     }
 }
 
@@ -208,30 +214,10 @@ int attn_bwd(const float *qkv, const float *cos, const float *sin, const float *
              const float *lse, const float *dout, float *dqkv, long B, long T, long H, long hd,
              float scale, int threads) {
     if (hd % 16 || hd > 16 * MAXV) return 2;
-    int failed = 0;
     long Tp = (T + 15) / 16 * 16, nv = hd / 16;
-#pragma omp parallel num_threads(threads)
-    {
-        float *buf = calloc(2 * T * hd + 2 * Tp * hd + 2 * T * Tp + Tp, sizeof(float));
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (long bh = 0; bh < B * H; bh++) {
-            if (!buf) continue;
-            long b = bh / H, h = bh % H;
-            switch (nv) {
-            case 1: bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, 1); break;
-            case 2: bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, 2); break;
-            case 4: bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, 4); break;
-            case 8: bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, 8); break;
-            default: bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, nv);
-            }
-        }
-        free(buf);
-    }
-    return failed;
+#define BWD(NV) bwd_one(qkv, cos, sin, out, lse, dout, dqkv, b, h, T, H, scale, buf, NV)
+    EACH_ROW_HEAD(2 * T * hd + 2 * Tp * hd + 2 * T * Tp + Tp, BWD)
+#undef BWD
 }
 
 static inline float sigm(float x) { return 1.f / (1.f + exp_(-x)); }
