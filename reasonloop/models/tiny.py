@@ -14,8 +14,8 @@ once and written in place, sampling runs on tensors, and every few steps the row
 stopped are dropped from the batch (or the loop ends when none is left). On CPU a decode step
 runs through fused C kernels (`decode_kernels.py`) and weights packed once per call; with
 `decode_dtype: bfloat16` it decodes a bf16 copy of the weights. Whole-sequence passes
-(training, scoring) run causal attention with RoPE, and SwiGLU, through fused C kernels too
-(`train_kernels.py`), forward and backward, where the layout allows.
+(training, scoring) run causal attention with RoPE, SwiGLU and RMSNorm through fused C kernels
+too (`train_kernels.py`), forward and backward, where the layout allows.
 """
 
 from __future__ import annotations
