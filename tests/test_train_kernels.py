@@ -105,6 +105,8 @@ def test_usable_only_for_float32_cpu_head_sizes_of_16_and_bounded_lengths():
     assert not KERNELS.usable(torch.zeros(1, 2, 3, 2, 272))  # over MAX_HEAD_DIM
     assert not KERNELS.usable(torch.zeros(1, 2, 3, 2, 32, dtype=torch.bfloat16))
     assert not KERNELS.usable(torch.zeros(1, train_kernels.MAX_LENGTH + 1, 3, 1, 16))
+    with pytest.raises(ValueError, match="head size 24"):
+        KERNELS.attention(torch.zeros(1, 2, 3, 2, 24), None, None)
 
 
 def _examples() -> list[SFTExample]:

@@ -92,7 +92,9 @@ class TrainKernels:
         )
 
 
-def _check(rc: int, what: str) -> None:
+def _check(rc: int, what: str, hd: int) -> None:
+    if rc == 2:
+        raise ValueError(f"train kernel {what}: head size {hd} is not a multiple of 16 up to 256")
     if rc:
         raise MemoryError(f"train kernel {what}: could not allocate its scratch memory")
 
@@ -101,6 +103,8 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, cos, sin, kern):  # type: ignore[override]
         qkv = qkv.contiguous()
+        if cos is not None:
+            cos, sin = cos.contiguous(), sin.contiguous()
         B, T, _, H, hd = qkv.shape
         out = qkv.new_empty(B, T, H * hd)
         lse = qkv.new_empty(B, H, T)
@@ -108,7 +112,7 @@ class _Attention(torch.autograd.Function):
             _p(qkv), _p(cos), _p(sin), _p(out), _p(lse),
             B, T, H, hd, hd**-0.5, torch.get_num_threads(),
         )  # fmt: skip
-        _check(rc, "attention forward")
+        _check(rc, "attention forward", hd)
         ctx.kern = kern
         ctx.save_for_backward(qkv, cos, sin, out, lse)
         return out
@@ -124,7 +128,7 @@ class _Attention(torch.autograd.Function):
             _p(qkv), _p(cos), _p(sin), _p(out), _p(lse), _p(dout), _p(dqkv),
             B, T, H, hd, hd**-0.5, torch.get_num_threads(),
         )  # fmt: skip
-        _check(rc, "attention backward")
+        _check(rc, "attention backward", hd)
         return dqkv, None, None, None
 
 
