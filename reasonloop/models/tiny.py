@@ -91,7 +91,7 @@ def ffn_size(cfg: ModelConfig) -> int:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """RMSNorm over the last dimension: the train kernel's where it applies (float32, CPU)."""
     kern = train_kernels.kernels()
-    if kern is not None and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu":
+    if kern is not None and kern.takes(x, weight):
         return kern.rms_norm(x, weight, RMS_EPS)
     return F.rms_norm(x, (x.shape[-1],), weight, RMS_EPS)
 
@@ -300,7 +300,7 @@ class Block(nn.Module):
         h = rms_norm(x, self.ffn_norm)
         gu = self.w_gate_up(h)
         kern = train_kernels.kernels()
-        if kern is not None and gu.dtype == torch.float32 and gu.device.type == "cpu":
+        if kern is not None and kern.takes(gu):
             return x + self.w_down(kern.swiglu(gu))
         gate, up = gu.chunk(2, -1)
         return x + self.w_down(F.silu(gate) * up)

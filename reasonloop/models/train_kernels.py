@@ -80,15 +80,16 @@ class TrainKernels:
         """`F.rms_norm` over the last dimension of x, differentiable in x and weight."""
         return _RMSNorm.apply(x, weight, eps, self)
 
+    @staticmethod
+    def takes(*tensors: torch.Tensor) -> bool:
+        """Whether the kernels take these tensors: float32, on the CPU."""
+        return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
     def usable(self, qkv: torch.Tensor) -> bool:
         """Whether `attention` takes this projection output (dtype, head size, length)."""
         hd = qkv.shape[-1]
         return (
-            qkv.dtype == torch.float32
-            and qkv.device.type == "cpu"
-            and hd % 16 == 0
-            and hd <= MAX_HEAD_DIM
-            and qkv.shape[1] <= MAX_LENGTH
+            self.takes(qkv) and hd % 16 == 0 and hd <= MAX_HEAD_DIM and qkv.shape[1] <= MAX_LENGTH
         )
 
 
