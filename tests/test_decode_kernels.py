@@ -218,3 +218,12 @@ def test_bf16_decode_copy_is_made_once_and_follows_the_weights(reverser):
 
     model.module.load_state_dict(original)
     assert texts(model) == before
+
+    # A training step through the project's optimiser (torch's fused AdamW, which writes the
+    # weights past their version counters) must make the copy again too.
+    copied = model._decode_copy
+    examples = [SFTExample(p, p[::-1][1:] + "\n") for p in prompts]
+    train_sft(model, examples, TrainConfig(steps=2, batch_size=8, lr=3e-2, warmup_steps=1), seed=0)
+    trained = texts(model)
+    assert model._decode_copy is not copied
+    assert trained == texts(TinyModel(cfg, copy.deepcopy(model.module)))

@@ -35,7 +35,13 @@ def adamw(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+    # torch's fused kernel updates each tensor in one pass: 3x faster than foreach on CPU (about
+    # 2 ms of a 110 ms SFT step at dim 128). It takes plain CPU or CUDA tensors; sharded
+    # (FSDP's DTensor) or other parameters keep the foreach path.
+    fused = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, **({"fused": True} if fused else {"foreach": True})
+    )
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -49,6 +55,10 @@ def clip_and_step(opt: torch.optim.Optimizer, cfg: TrainConfig) -> float:
     params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
     opt.step()
+    if opt.defaults.get("fused"):
+        # The fused kernel writes the weights without bumping their version counters, which
+        # is how the tiny backend knows its decode copy is stale (`TinyModel._decode_module`).
+        torch.autograd.graph.increment_version(params)
     opt.zero_grad(set_to_none=True)
     return float(norm)
 
