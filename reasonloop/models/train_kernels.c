@@ -31,12 +31,20 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 #define LD(p) (*(const v16 *)(p))
 #define ST(p, x) (*(v16 *)(p) = (x))
 
-/* s[j] = sum_d a[d] * mT[d * Tp + j] for j < n, rounded up to 16 (Tp a multiple of 16) */
+/* s[j] = sum_d a[d] * mT[d * Tp + j] for j < n, rounded up to 16 (Tp a multiple of 16; hd a
+ * multiple of 4). Four partial sums: one chain of fused multiply-adds would wait on each
+ * one's latency, four keep both FMA units busy. */
 static inline void rowdots(float *s, const float *a, const float *mT, long Tp, long n, long hd) {
     for (long jc = 0; jc < n; jc += 16) {
-        v16 acc = {0};
-        for (long d = 0; d < hd; d++) acc += a[d] * LD(mT + d * Tp + jc);
-        ST(s + jc, acc);
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (long d = 0; d < hd; d += 4) {
+            const float *m = mT + d * Tp + jc;
+            a0 += a[d] * LD(m);
+            a1 += a[d + 1] * LD(m + Tp);
+            a2 += a[d + 2] * LD(m + 2 * Tp);
+            a3 += a[d + 3] * LD(m + 3 * Tp);
+        }
+        ST(s + jc, (a0 + a1) + (a2 + a3));
     }
 }
 
@@ -129,14 +137,22 @@ INLINE void fwd_one(const float *qkv, const float *cos, const float *sin, float 
                 p[jc + jj] = e;
                 l += e;
             }
-        v16 acc[MAXV];
-        for (long c = 0; c < nv; c++) acc[c] = (v16){0};
-        for (long j = 0; j <= i; j++) {
-            const float *v = qkv + ((b * T + j) * 3 + 2) * D + h * hd;
-            for (long c = 0; c < nv; c++) acc[c] += p[j] * LD(v + 16 * c);
+        /* even and odd j in separate sums: twice the independent chains (as in rowdots) */
+        v16 acc[MAXV], acc1[MAXV];
+        for (long c = 0; c < nv; c++) acc[c] = acc1[c] = (v16){0};
+        const float *v0 = qkv + ((b * T) * 3 + 2) * D + h * hd;
+        long j = 0;
+        for (; j + 1 <= i; j += 2) {
+            const float *v = v0 + j * 3 * D;
+            for (long c = 0; c < nv; c++) {
+                acc[c] += p[j] * LD(v + 16 * c);
+                acc1[c] += p[j + 1] * LD(v + 3 * D + 16 * c);
+            }
         }
+        if (j <= i)
+            for (long c = 0; c < nv; c++) acc[c] += p[j] * LD(v0 + j * 3 * D + 16 * c);
         float inv = 1.f / l, *o = out + (b * T + i) * D + h * hd;
-        for (long c = 0; c < nv; c++) ST(o + 16 * c, acc[c] * inv);
+        for (long c = 0; c < nv; c++) ST(o + 16 * c, (acc[c] + acc1[c]) * inv);
         lse[(b * H + h) * T + i] = m + logf(l);
     }
 }
@@ -197,14 +213,19 @@ INLINE void bwd_one(const float *qkv, const float *cos, const float *sin, const 
     }
     /* dQ_i = scale * sum_j dS_ij k_j (j <= i) */
     for (long i = 0; i < T; i++) {
-        v16 dq[MAXV];
-        for (long c = 0; c < nv; c++) dq[c] = (v16){0};
-        for (long j = 0; j <= i; j++) {
-            float s = dS[i * Tp + j];
-            for (long c = 0; c < nv; c++) dq[c] += s * LD(kr + j * hd + 16 * c);
-        }
+        v16 dq[MAXV], dq1[MAXV];
+        for (long c = 0; c < nv; c++) dq[c] = dq1[c] = (v16){0};
+        const float *ds = dS + i * Tp;
+        long j = 0;
+        for (; j + 1 <= i; j += 2)
+            for (long c = 0; c < nv; c++) {
+                dq[c] += ds[j] * LD(kr + j * hd + 16 * c);
+                dq1[c] += ds[j + 1] * LD(kr + (j + 1) * hd + 16 * c);
+            }
+        if (j <= i)
+            for (long c = 0; c < nv; c++) dq[c] += ds[j] * LD(kr + j * hd + 16 * c);
         float a[16 * MAXV];
-        for (long c = 0; c < nv; c++) ST(a + 16 * c, dq[c] * scale);
+        for (long c = 0; c < nv; c++) ST(a + 16 * c, (dq[c] + dq1[c]) * scale);
         float *gq = dqkv + ((b * T + i) * 3) * D + h * hd;
         unrotate(gq, a, cos, sin, i, hd);
     }
