@@ -349,3 +349,20 @@ def test_train_sft_runs_on_hf_and_lowers_the_loss():
     assert after < before / 4
     out = model.generate([e.prompt for e in examples], 1, Sampling(temperature=0, max_new_tokens=5))
     assert sum(o[0].text == e.completion for o, e in zip(out, examples, strict=True)) >= 8
+
+
+def test_logits_at_selected_positions_match_the_full_forward():
+    """`forward(..., at=mask)` (what SFT calls): the rows of the full logits where the mask is
+    set, in row-major order, through transformers' `logits_to_keep` from the first position any
+    row sets; an all-false mask gives no rows."""
+    model = _model()
+    ids = torch.tensor([model.encode_prompt("12+34=46"), model.encode_prompt("7=seven!")])
+    attn = torch.ones_like(ids)
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[0, 5:] = True
+    at[1, 3:6] = True
+    full = model.forward(ids, attn)
+    picked = model.forward(ids, attn, at=at)
+    assert picked.shape == (int(at.sum()), full.shape[-1])
+    torch.testing.assert_close(picked, full[at], atol=1e-5, rtol=0)
+    assert model.forward(ids, attn, at=torch.zeros_like(at)).shape == (0, full.shape[-1])

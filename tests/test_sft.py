@@ -38,6 +38,9 @@ def test_sft_loss_against_hand_computed_values():
     loss.backward()
     assert torch.all(logits.grad[0, 1] == 0)  # an unmasked position gets no gradient
     assert sft_loss(logits, labels, torch.zeros_like(mask)).item() == 0.0
+    # logits already at the masked positions (`model.forward(..., at=mask)`): the same loss
+    assert sft_loss(logits[mask], labels, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert sft_loss(logits[:0, 0], labels, torch.zeros_like(mask)).item() == 0.0
 
 
 def test_warmup_then_cosine_schedule():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -338,3 +339,45 @@ def test_logprobs_agree_with_forward_and_with_generate():
         assert len(c.token_logprobs) == c.n_tokens
         assert sum(c.token_logprobs) == pytest.approx(c.logprob, abs=1e-5)
         torch.testing.assert_close(torch.tensor(c.token_logprobs), lp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("theta", [10000.0, math.inf])
+def test_logits_at_selected_positions_match_the_full_forward_and_its_gradients(kernels, theta):
+    """`forward(..., at=mask)` runs the last layer's output projection and feed-forward on the
+    selected rows only: the same logits as the full forward's rows there, and the same gradient
+    for a loss read at those rows (the unselected rows still feed the last layer's keys and
+    values, so the earlier layers' gradients depend on them). Right padding takes the fused
+    attention (with kernels), left padding the torch path."""
+    from reasonloop.models import train_kernels
+
+    model = TinyModel.create(
+        ModelConfig(dim=64, n_layers=3, n_heads=4, max_seq_len=32, rope_theta=theta), seed=0
+    )
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, N_USED, (3, 12), generator=gen)
+    right = torch.ones_like(ids)
+    right[1, 9:] = 0
+    left = torch.ones_like(ids)
+    left[2, :4] = 0
+    at = torch.rand(ids.shape, generator=gen) < 0.5
+    at[0] = False  # a row with nothing selected
+    ctx = contextlib.nullcontext() if kernels else train_kernels.disabled()
+    with ctx:
+        for attn in (right, left):
+            grads = []
+            for full in (True, False):
+                model.module.zero_grad()
+                out = model.forward(ids, attn) if full else model.forward(ids, attn, at=at)
+                picked = out[at] if full else out
+                assert picked.shape == (int(at.sum()), out.shape[-1])
+                (picked.square().mean()).backward()
+                grads.append({n: p.grad.clone() for n, p in model.module.named_parameters()})
+                if full:
+                    reference = picked.detach()
+                else:
+                    torch.testing.assert_close(picked, reference, atol=1e-5, rtol=1e-5)
+            for name, g in grads[0].items():
+                torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="at"):
+        model.module(ids, at=at, last_only=True)

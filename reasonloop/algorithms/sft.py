@@ -28,11 +28,13 @@ BUCKET_WINDOW = 32
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of `labels` over the positions where `mask` is set.
 
-    logits [B, T, V] at position t predict labels [B, T] at position t (already shifted);
-    mask [B, T] selects the completion tokens. An all-zero mask gives 0."""
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none")
-    m = mask.flatten().to(nll.dtype)
-    return (nll * m).sum() / m.sum().clamp(min=1.0)
+    logits [B, T, V] at position t predict labels [B, T] at position t (already shifted), or
+    logits [N, V] at the set positions only (`model.forward(..., at=mask)`); mask [B, T] (bool)
+    selects the completion tokens. An all-zero mask gives 0."""
+    if logits.dim() == 3:
+        logits = logits[mask]
+    nll = F.cross_entropy(logits.float(), labels[mask], reduction="sum")
+    return nll / mask.sum().clamp(min=1)
 
 
 def encode_example(tokenizer: Tokenizer, ex: SFTExample) -> tuple[list[int], int]:
@@ -145,7 +147,8 @@ def train_sft(
                     inputs, labels, mask, attn = collate(
                         [seqs[i] for i in rows], model.tokenizer.pad_id, device
                     )
-                    loss = sft_loss(model.forward(inputs, attn), labels, mask)
+                    # Logits at the completion's positions only: the prompt's feed no loss.
+                    loss = sft_loss(model.forward(inputs, attn, at=mask), labels, mask)
                     if distributed.active():  # the rank's share of the token mean over the batch
                         loss = loss * distributed.weight(idx, lambda i: lengths[i] - seqs[i][1])
                     loss.backward()

@@ -75,9 +75,16 @@ class LanguageModel(Protocol):
     """The trainable parameters live here (optimisers take `module.parameters()`)."""
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, T, V] for a right-padded batch of token ids [B, T] (training mode aware)."""
+        """Logits [B, T, V] for a right-padded batch of token ids [B, T] (training mode aware).
+
+        With `at` [B, T] (bool), logits [N, V] at the set positions only, in row-major order
+        (`logits[at]`); a backend may skip work the other positions do not need (SFT reads the
+        completion's positions only)."""
         ...
 
     def generate(

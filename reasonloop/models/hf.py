@@ -139,7 +139,9 @@ class HFModel:
                 "character tokenizer (or a tokenizer without one)"
             )
         # PeftModel.forward takes **kwargs, so ask the transformers model itself.
-        self._takes_positions = "position_ids" in inspect.signature(self._lm.forward).parameters
+        params = inspect.signature(self._lm.forward).parameters
+        self._takes_positions = "position_ids" in params
+        self._takes_logits_to_keep = "logits_to_keep" in params
 
     @property
     def lora(self) -> bool:
@@ -357,11 +359,25 @@ class HFModel:
         return [self.tokenizer.bos_id, *self.tokenizer.encode(prompt)]
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V]. With a mask, positions count real tokens only, so left and right
-        padding both work (transformers' forward alone counts pads on the left)."""
-        return self.module(**self._inputs(input_ids, attention_mask)).logits
+        padding both work (transformers' forward alone counts pads on the left). With `at`
+        [B, T] (bool), logits [N, V] at the set positions only: the LM head runs from the first
+        position any row sets (transformers' `logits_to_keep`), so with a large vocabulary the
+        prompt's common part costs no logits."""
+        kwargs = self._inputs(input_ids, attention_mask)
+        if at is None:
+            return self.module(**kwargs).logits
+        used = at.any(0)
+        first = int(used.to(torch.uint8).argmax()) if bool(used.any()) else 0
+        if first and self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = at.shape[1] - first  # the last k positions
+            return self.module(**kwargs).logits[at[:, first:]]
+        return self.module(**kwargs).logits[at]
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

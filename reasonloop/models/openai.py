@@ -188,7 +188,10 @@ class OpenAIModel:
         raise self._unsupported("tokenizer")
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         raise self._unsupported("forward (training)")
 

@@ -202,9 +202,13 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, T, D]; mask None means causal. A cache [L, B, H, hd] receives this sequence's
-        keys and values at positions 0..T-1 (prefill)."""
+        keys and values at positions 0..T-1 (prefill). With `keep` (indices into the B * T
+        positions, row-major), the output is [N, D] at those positions only: every position
+        still gives its key and value, but the output projection and the feed-forward run on the
+        kept rows alone."""
         B, T, D = x.shape
         h = rms_norm(x, self.attn_norm)
         qkv = self.wqkv(h).view(B, T, 3, self.n_heads, self.head_dim)
@@ -212,7 +216,7 @@ class Block(nn.Module):
         # One rope row per position (not per row and position): what the kernel reads.
         if kern is not None and kern.usable(qkv) and (rope is None or rope[0].dim() == 4):
             cos, sin = (None, None) if rope is None else (rope[0].view(T, -1), rope[1].view(T, -1))
-            return self._ffn(x + self.wo(kern.attention(qkv, cos, sin)))
+            return self._out(x, kern.attention(qkv, cos, sin), keep)
         if rope is None:
             q, k = qkv[:, :, 0], qkv[:, :, 1]
         else:
@@ -230,8 +234,15 @@ class Block(nn.Module):
             attn_mask=mask,
             is_causal=mask is None and T > 1,
         )
-        x = x + self.wo(a.transpose(1, 2).reshape(B, T, D))
-        return self._ffn(x)
+        return self._out(x, a.transpose(1, 2).reshape(B, T, D), keep)
+
+    def _out(self, x: torch.Tensor, a: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream after the output projection of attention `a` [B, T, D] and the
+        feed-forward, at the `keep` positions only when given (an index_select, whose backward is
+        a cheap index_add, where a boolean mask's would be an accumulating index_put)."""
+        if keep is not None:
+            x, a = x.flatten(0, 1).index_select(0, keep), a.flatten(0, 1).index_select(0, keep)
+        return self._ffn(x + self.wo(a))
 
     def step(
         self,
@@ -369,12 +380,14 @@ class TinyTransformer(nn.Module):
         mask: torch.Tensor | None = None,
         caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         last_only: bool = False,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] (or [B, V] for the last position only) of whole sequences.
 
         positions [B, T] default to 0..T-1; mask None means causal; caches, if given, are
-        filled with the keys and values of positions 0..T-1 (prefill)."""
-        return self.lm_head(self.hidden(ids, positions, mask, caches, last_only))
+        filled with the keys and values of positions 0..T-1 (prefill). With `at` [B, T] (bool),
+        logits [N, V] at the set positions only, in row-major order."""
+        return self.lm_head(self.hidden(ids, positions, mask, caches, last_only, at=at))
 
     def hidden(
         self,
@@ -385,12 +398,20 @@ class TinyTransformer(nn.Module):
         last_only: bool = False,
         runs: torch.Tensor | None = None,
         problem: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-norm hidden states [B, T, D] (or [B, D]) that `forward` projects to logits;
         a value head reads them (`algorithms/value_head.py`). Arguments as in `forward`, plus,
         for a layout where a row is not one sequence (a shared-prefix tree,
         `algorithms/shared_prefix.py`), each token's digit-run index `runs` and problem index
-        `problem` [B, T] (abacus models), taken from the sequence the token belongs to."""
+        `problem` [B, T] (abacus models), taken from the sequence the token belongs to.
+
+        `at` [B, T] (bool) gives [N, D] at the set positions only. The last layer then runs its
+        output projection and feed-forward on those rows alone (the others feed it keys and
+        values only): with a completion-only loss, the prompt's rows skip about a fifth of the
+        last layer's products and all of the LM head's."""
+        if at is not None and (last_only or caches is not None):
+            raise ValueError("`at` selects training positions; it takes no caches or last_only")
         x = self.embed(ids)
         if self.abacus_max:
             if runs is None:
@@ -404,8 +425,11 @@ class TinyTransformer(nn.Module):
             else:
                 cos, sin = self.rope_cos[positions], self.rope_sin[positions]
             rope = cos[..., None, None, :], sin[..., None, None, :]  # over [B, T, 2, H, hd]
+        keep = None if at is None else at.flatten().nonzero().squeeze(1)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, None if caches is None else caches[i])
+            cache = None if caches is None else caches[i]
+            x = layer(x, rope, mask, cache, keep if i == last else None)
         if last_only:
             x = x[:, -1]
         return rms_norm(x, self.norm)
@@ -622,11 +646,15 @@ class TinyModel:
     # ---------------------------------------------------------------------------- forward
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V]. A right-padded mask (or none) takes the causal fast path; any other
-        mask (left padding) gives each row positions counted over its real tokens."""
-        return self.module(input_ids, *self._layout(input_ids, attention_mask))
+        mask (left padding) gives each row positions counted over its real tokens. With `at`
+        [B, T] (bool), logits [N, V] at the set positions only (`TinyTransformer.hidden`)."""
+        return self.module(input_ids, *self._layout(input_ids, attention_mask), at=at)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
