@@ -408,8 +408,9 @@ class TinyTransformer(nn.Module):
 
         `at` [B, T] (bool) gives [N, D] at the set positions only. The last layer then runs its
         output projection and feed-forward on those rows alone (the others feed it keys and
-        values only): with a completion-only loss, the prompt's rows skip about a fifth of the
-        last layer's products and all of the LM head's."""
+        values only): with a completion-only loss, each prompt row skips three quarters of the
+        last layer's products and all of the LM head's (a fifth of its whole forward and
+        backward at 4 layers)."""
         if at is not None and (last_only or caches is not None):
             raise ValueError("`at` selects training positions; it takes no caches or last_only")
         x = self.embed(ids)
