@@ -155,6 +155,28 @@ static inline void unrotate(float *restrict g, const float *restrict a, const fl
     }                                                                                            \
     return failed;
 
+/* acc[c] = sum_{j < n} w[j] * rows[j * stride + 16 c .. + 16], c < nv: P.V in the forward, dS.K
+ * in the backward. Even and odd j go to separate sums, added at the end: one chain of fused
+ * multiply-adds would wait on each one's latency (as in rowdots). */
+INLINE void weighted_rows(v16 *acc, const float *w, const float *rows, long stride, long n,
+                          const long nv) {
+    /* local sums, written to acc once: stores through acc could alias w, which would keep
+     * the sums in memory rather than registers */
+    v16 even[MAXV], odd[MAXV];
+    for (long c = 0; c < nv; c++) even[c] = odd[c] = (v16){0};
+    long j = 0;
+    for (; j + 1 < n; j += 2) {
+        const float *r = rows + j * stride;
+        for (long c = 0; c < nv; c++) {
+            even[c] += w[j] * LD(r + 16 * c);
+            odd[c] += w[j + 1] * LD(r + stride + 16 * c);
+        }
+    }
+    if (j < n)
+        for (long c = 0; c < nv; c++) even[c] += w[j] * LD(rows + j * stride + 16 * c);
+    for (long c = 0; c < nv; c++) acc[c] = even[c] + odd[c];
+}
+
 /* One (batch row, head) of the forward: nv = hd / 16 is a constant at each call site, so the
  * accumulators below live in registers. */
 INLINE void fwd_one(const float *qkv, const float *cos, const float *sin, float *out, float *lse,
@@ -173,22 +195,10 @@ INLINE void fwd_one(const float *qkv, const float *cos, const float *sin, float 
                 p[jc + jj] = e;
                 l += e;
             }
-        /* even and odd j in separate sums: twice the independent chains (as in rowdots) */
-        v16 acc[MAXV], acc1[MAXV];
-        for (long c = 0; c < nv; c++) acc[c] = acc1[c] = (v16){0};
-        const float *v0 = qkv + ((b * T) * 3 + 2) * D + h * hd;
-        long j = 0;
-        for (; j + 1 <= i; j += 2) {
-            const float *v = v0 + j * 3 * D;
-            for (long c = 0; c < nv; c++) {
-                acc[c] += p[j] * LD(v + 16 * c);
-                acc1[c] += p[j + 1] * LD(v + 3 * D + 16 * c);
-            }
-        }
-        if (j <= i)
-            for (long c = 0; c < nv; c++) acc[c] += p[j] * LD(v0 + j * 3 * D + 16 * c);
+        v16 acc[MAXV];
+        weighted_rows(acc, p, qkv + ((b * T) * 3 + 2) * D + h * hd, 3 * D, i + 1, nv);
         float inv = 1.f / l, *o = out + (b * T + i) * D + h * hd;
-        for (long c = 0; c < nv; c++) ST(o + 16 * c, (acc[c] + acc1[c]) * inv);
+        for (long c = 0; c < nv; c++) ST(o + 16 * c, acc[c] * inv);
         lse[(b * H + h) * T + i] = m + logf(l);
     }
 }
@@ -246,19 +256,10 @@ INLINE void bwd_one(const float *qkv, const float *cos, const float *sin, const 
     }
     /* dQ_i = scale * sum_j dS_ij k_j (j <= i) */
     for (long i = 0; i < T; i++) {
-        v16 dq[MAXV], dq1[MAXV];
-        for (long c = 0; c < nv; c++) dq[c] = dq1[c] = (v16){0};
-        const float *ds = dS + i * Tp;
-        long j = 0;
-        for (; j + 1 <= i; j += 2)
-            for (long c = 0; c < nv; c++) {
-                dq[c] += ds[j] * LD(kr + j * hd + 16 * c);
-                dq1[c] += ds[j + 1] * LD(kr + (j + 1) * hd + 16 * c);
-            }
-        if (j <= i)
-            for (long c = 0; c < nv; c++) dq[c] += ds[j] * LD(kr + j * hd + 16 * c);
+        v16 dq[MAXV];
+        weighted_rows(dq, dS + i * Tp, kr, hd, i + 1, nv);
         float a[16 * MAXV];
-        for (long c = 0; c < nv; c++) ST(a + 16 * c, (dq[c] + dq1[c]) * scale);
+        for (long c = 0; c < nv; c++) ST(a + 16 * c, dq[c] * scale);
         float *gq = dqkv + ((b * T + i) * 3) * D + h * hd;
         unrotate(gq, a, cos, sin, i, hd);
     }
