@@ -6,10 +6,24 @@ python benchmarks/matmul_peak.py [threads]
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name: ratios between frameworks move with the machine (the project's
+    machines have been AMD EPYC and Intel Xeon kinds), so every table names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def matmul_peak_gflops(
@@ -43,6 +57,7 @@ def matmul_peak_gflops(
 
 if __name__ == "__main__":
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    print(cpu_name())
     print(f"fp32 matmul peak, {threads} threads: {matmul_peak_gflops(threads):.1f} GFLOP/s")
     bf16 = matmul_peak_gflops(threads, dtype=torch.bfloat16)
     print(f"bf16 matmul peak, {threads} threads: {bf16:.1f} GFLOP/s")

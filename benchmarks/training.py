@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from matmul_peak import matmul_peak_gflops  # noqa: E402
+from matmul_peak import cpu_name, matmul_peak_gflops  # noqa: E402
 
 from reasonloop.algorithms.sft import train_sft  # noqa: E402
 from reasonloop.config import ModelConfig, TrainConfig  # noqa: E402
@@ -105,7 +105,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peak = matmul_peak_gflops(args.threads)
     print(
-        f"torch threads {args.threads}; fp32 matmul peak {peak:.1f} GFLOP/s (shared machine: noisy)"
+        f"{cpu_name()}; torch threads {args.threads}; fp32 matmul peak {peak:.1f} GFLOP/s "
+        "(shared machine: noisy)"
     )
     for model_cfg in (ModelConfig(dim=256, n_layers=4, n_heads=4), ModelConfig()):
         bench(model_cfg, args, peak)

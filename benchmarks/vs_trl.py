@@ -66,6 +66,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from matmul_peak import cpu_name  # noqa: E402
 from training import make_examples  # noqa: E402
 
 from reasonloop.algorithms.optim import adamw  # noqa: E402
@@ -134,7 +135,8 @@ def trl_steps_per_s(
             callbacks=[Clock()],
         )
         torch.set_num_threads(threads)  # the Trainer may reset it
-        trainer.train()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics at the end
+            trainer.train()
     return steps / (times[-1] - times[0])
 
 
@@ -410,6 +412,7 @@ def grpo_main(args: argparse.Namespace) -> None:
     """Per seed: TRL's run first, then ours until it reaches TRL's final pass@1; one line each,
     then the ratios."""
     torch.set_num_threads(1)
+    print(cpu_name())
     ratios: list[float | None] = []
     for seed in args.seeds:
         args.seed = seed
@@ -535,7 +538,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     print(
-        f"torch threads {args.threads}; batch {args.batch}, {args.steps} steps (best of {args.reps})\n"
+        f"{cpu_name()}; torch threads {args.threads}; batch {args.batch}, {args.steps} steps "
+        f"(best of {args.reps})\n"
     )
     print(
         f"{'model':<24}{'ours tok/s':>12}{'torch ops':>12}{'TRL tok/s':>12}{'ours / TRL':>12}"

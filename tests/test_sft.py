@@ -93,6 +93,8 @@ def test_only_the_completion_and_its_newline_carry_loss():
     assert tok.decode(labels[0][mask[0]].tolist()) == "cd\n"
     assert mask[1].tolist() == [False, True, True, False, False, False]
     assert attn[1].tolist() == [1, 1, 1, 0, 0, 0]
+    assert inputs[1].tolist() == [*seq[:3], NEWLINE_ID, PAD_ID, PAD_ID]
+    assert labels[1].tolist() == [*seq[1:3], NEWLINE_ID, PAD_ID, PAD_ID, PAD_ID]
 
 
 def test_training_teaches_the_copy_task():

@@ -83,14 +83,17 @@ def collate(
     seqs: list[tuple[list[int], int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (inputs, labels, loss mask, attention mask) [B, T] for next-token training."""
-    T = max(len(s) for s, _ in seqs) - 1
+    # One tensor for the whole batch and masks by comparison, not a tensor and a slice per row:
+    # row by row this took 2 ms of a 110 ms step at dim 128.
+    lens = torch.tensor([len(s) for s, _ in seqs])
+    starts = torch.tensor([p_len for _, p_len in seqs])
+    T = int(lens.max()) - 1
     ids = torch.full((len(seqs), T + 1), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    attn = torch.zeros(len(seqs), T, dtype=torch.long)
-    for r, (s, p_len) in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s)
-        loss_mask[r, p_len - 1 : len(s) - 1] = True  # labels[t] = ids[t + 1]: the completion
-        attn[r, : len(s) - 1] = 1
+    ids[torch.arange(T + 1) < lens[:, None]] = torch.tensor([t for s, _ in seqs for t in s])
+    t = torch.arange(T)
+    ends = (lens - 1)[:, None]
+    attn = (t < ends).long()
+    loss_mask = (t >= (starts - 1)[:, None]) & (t < ends)  # labels[t] = ids[t + 1]: the completion
     return ids[:, :-1].to(device), ids[:, 1:].to(device), loss_mask.to(device), attn.to(device)
 
 
