@@ -9,21 +9,17 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from reasonloop.models.decode_kernels import cpuinfo_line
 
 
 def cpu_name() -> str:
     """The CPU's model name: ratios between frameworks move with the machine (the project's
     machines have been AMD EPYC and Intel Xeon kinds), so every table names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    line = cpuinfo_line("model name")
+    return line.split(":", 1)[1].strip() if line else platform.processor() or "unknown CPU"
 
 
 def matmul_peak_gflops(

@@ -85,9 +85,13 @@ def collate(
     """Right-padded (inputs, labels, loss mask, attention mask) [B, T] for next-token training."""
     # One tensor for the whole batch and masks by comparison, not a tensor and a slice per row:
     # row by row this took 2.3 ms of a 110 ms step at dim 128, now 0.55.
-    longest = max(len(s) for s, _ in seqs)
-    ids = torch.tensor([[*s, *[pad_id] * (longest - len(s))] for s, _ in seqs], dtype=torch.long)
-    lens = torch.tensor([len(s) for s, _ in seqs])
+    lengths = [len(s) for s, _ in seqs]
+    longest = max(lengths)
+    ids = torch.tensor(
+        [[*s, *[pad_id] * (longest - n)] for (s, _), n in zip(seqs, lengths, strict=True)],
+        dtype=torch.long,
+    )
+    lens = torch.tensor(lengths)
     starts = torch.tensor([p_len for _, p_len in seqs])
     t = torch.arange(longest - 1)
     ends = (lens - 1)[:, None]

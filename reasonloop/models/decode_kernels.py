@@ -70,15 +70,21 @@ def cache_dir() -> Path:
     return Path(base) / "reasonloop"
 
 
-def _cpu_flags() -> str:
-    """-march=native code runs only where the build's CPU features are: key the build on them."""
+def cpuinfo_line(prefix: str) -> str | None:
+    """The first line of /proc/cpuinfo that starts with `prefix` (None: no such line, or no
+    /proc/cpuinfo)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(prefix):
                 return line
     except OSError:
         pass
-    return platform.processor()
+    return None
+
+
+def _cpu_flags() -> str:
+    """-march=native code runs only where the build's CPU features are: key the build on them."""
+    return cpuinfo_line("flags") or platform.processor()
 
 
 def build(compiler: str | None = None, source: Path = SOURCE) -> Path:
