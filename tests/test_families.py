@@ -1,4 +1,5 @@
-"""Compact families (chain_sum, multiplication, linear_equation, sorting) and the registry.
+"""Compact families (chain_sum, sum_above, multiplication, linear_equation, sorting) and the
+registry.
 
 Every family and level: the reference trace parses back to the gold answer, verifies to 1.0,
 and each of its steps passes `check_step`; the gold answer is recomputed here independently
@@ -21,12 +22,15 @@ from reasonloop.tasks.families.compact import CompactFamily
 from reasonloop.tasks.families.linear_equation import LinearEquationFamily
 from reasonloop.tasks.families.multiplication import MultiplicationFamily
 from reasonloop.tasks.families.sorting import SortingFamily
+from reasonloop.tasks.families.sum_above import SumAboveFamily
 from reasonloop.tasks.registry import FAMILIES, families_in, get_family, known_names
 from reasonloop.types import Task
 
 VARIANTS: dict[str, CompactFamily] = {
     "chain_sum": ChainSumFamily(),
     "chain_sum-2digit-neg": ChainSumFamily(digits=2, negative_from=3),
+    "sum_above": SumAboveFamily(),
+    "sum_above-2digit-neg": SumAboveFamily(digits=2, negative_from=3),
     "multiplication": MultiplicationFamily(),
     "multiplication-small": MultiplicationFamily(max_multiplier=3),
     "linear_equation": LinearEquationFamily(),
@@ -84,6 +88,9 @@ def _truth(task: Task) -> str:
     p = task.prompt
     if task.family == "chain_sum":
         return str(sum(int(t) for t in re.findall(r"[+-]?\d+", p[:-1])))
+    if task.family == "sum_above":
+        terms, bound = p[:-1].split(">")
+        return "y" if sum(int(t) for t in re.findall(r"[+-]?\d+", terms)) > int(bound) else "n"
     if task.family == "multiplication":
         a, m = p[:-1].split("*")
         return str(int(a) * int(m))
@@ -128,7 +135,7 @@ def test_reference_parses_verifies_and_checks(variant: str) -> None:
             for step in steps:
                 assert family.check_step(task, step) is True, (task.prompt, step)
                 assert not set(step) & set(";#\n")
-            assert task.prompt[-1] in "=:"
+            assert task.prompt[-1] in "=:?"
             assert set(task.prompt + completion[:-1]) <= PRINTABLE
             assert task.difficulty == level and task.family == family.name
 
@@ -207,6 +214,19 @@ def test_documented_examples() -> None:
     assert (task.prompt, chain.completion(task)) == ("3+5+2+7=", "3+5=8;8+2=10;10+7=17#17\n")
     task = chain.from_terms([9, -4, 2])
     assert (task.prompt, chain.completion(task)) == ("9-4+2=", "9-4=5;5+2=7#7\n")
+    above = SumAboveFamily()
+    task = above.from_terms([3, 5, 2, 7], 16)
+    assert (task.prompt, above.completion(task)) == (
+        "3+5+2+7>16?",
+        "3+5=8;8+2=10;10+7=17;17-16=1#y\n",
+    )
+    task = above.from_terms([3, 5, 2, 7], 17)
+    assert above.completion(task) == "3+5=8;8+2=10;10+7=17;17-17=0#n\n"
+    assert above.check_step(task, "10+7=18") is False and above.backward(task, "y") == []
+    answers = [above.make(random.Random(i), 4).answer for i in range(400)]
+    assert 160 < answers.count("y") < 240  # y and n equally likely, so a guess scores half
+    with pytest.raises(ValueError, match="bound must be an int"):
+        above.from_terms([1, 2], None)
 
     mult = MultiplicationFamily()
     task = mult.from_operands(347, 6)

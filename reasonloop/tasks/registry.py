@@ -19,6 +19,7 @@ from reasonloop.tasks.base import Family
 BUILTIN_MODULES = (
     "addition",
     "chain_sum",
+    "sum_above",
     "multiplication",
     "linear_equation",
     "sorting",

@@ -48,11 +48,15 @@ class ChainSumFamily(CompactFamily):
 
     def make(self, rng: random.Random, level: int) -> Task:
         """`level` terms in 0 .. 10**digits - 1, some subtracted from `negative_from` on."""
+        return self.from_terms(self.draw_terms(rng, level))
+
+    def draw_terms(self, rng: random.Random, level: int) -> list[int]:
+        """The terms of a task at `level` (`make`'s draw)."""
         k = self.check_level(level)
         terms = [rng.randint(0, 10**self.digits - 1) for _ in range(k)]
         if self.negative_from is not None and k >= self.negative_from:
             terms[1:] = [-t if rng.random() < 0.5 else t for t in terms[1:]]
-        return self.from_terms(terms)
+        return terms
 
     def from_terms(self, terms: list[int]) -> Task:
         """The task summing `terms` (a negative term after the first is written `-t`)."""
