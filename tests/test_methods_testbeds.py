@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reasonloop.cli import _set as set_field
-from reasonloop.config import load_config
+from reasonloop.config import RunConfig, load_config
 from reasonloop.tasks.registry import get_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -19,13 +20,16 @@ from methods import BASELINES, COMMON, PRESETS, TESTBEDS, row_preset  # noqa: E4
 
 
 def _common(testbed: str) -> dict:
+    """`COMMON` with `testbed`'s changes."""
     common = copy.deepcopy(COMMON)
     for dotted in TESTBEDS[testbed]:
         set_field(common, dotted)
     return common
 
 
-def _configs(testbed: str):
+def _configs(testbed: str) -> Iterator[tuple[str, RunConfig]]:
+    """(row name, its config on `testbed`) for every preset and baseline the benchmark runs, and
+    prm-cooperative."""
     common = _common(testbed)
     for name in [*PRESETS, "prm-cooperative"]:
         preset, overrides = row_preset(name, common)
