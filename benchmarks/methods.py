@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import statistics
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -105,16 +106,21 @@ and 62% of round 1's right answers (seed 0) with a wrong step; seeds are sharp h
 toss), so its token and character limits are raised to the longest solution's."""
 
 
+def with_changes(base: dict, changes: Sequence[str]) -> dict:
+    """A copy of `base` with `changes` (`--set` syntax) applied in order."""
+    out = copy.deepcopy(base)
+    for dotted in changes:
+        set_field(out, dotted)
+    return out
+
+
 def row_preset(name: str, common: dict) -> tuple[str, dict]:
     """The preset and the config changes of a `--presets` entry: a preset on the testbed, or a
     baseline (`BASELINES`) with its own changes on top."""
     if name not in BASELINES:
         return name, common
     preset, changes = BASELINES[name]
-    overrides = copy.deepcopy(common)
-    for dotted in changes:
-        set_field(overrides, dotted)
-    return preset, overrides
+    return preset, with_changes(common, changes)
 
 
 def training_seconds(summary: dict) -> list[float]:
@@ -203,9 +209,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     out = Path(args.out)
-    common = copy.deepcopy(COMMON)
-    for dotted in TESTBEDS[args.testbed] + args.set:
-        set_field(common, dotted)
+    common = with_changes(COMMON, [*TESTBEDS[args.testbed], *args.set])
     jobs = [(p, s) for p in args.presets for s in args.seeds]
     curves: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

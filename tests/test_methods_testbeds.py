@@ -4,33 +4,24 @@ and the token and character limits (a solution cut short would never verify)."""
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reasonloop.cli import _set as set_field
 from reasonloop.config import RunConfig, load_config
+from reasonloop.tasks.families.sum_above import ABOVE, BELOW
 from reasonloop.tasks.registry import get_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from methods import BASELINES, COMMON, PRESETS, TESTBEDS, row_preset  # noqa: E402
-
-
-def _common(testbed: str) -> dict:
-    """`COMMON` with `testbed`'s changes."""
-    common = copy.deepcopy(COMMON)
-    for dotted in TESTBEDS[testbed]:
-        set_field(common, dotted)
-    return common
+from methods import BASELINES, COMMON, PRESETS, TESTBEDS, row_preset, with_changes  # noqa: E402
 
 
 def _configs(testbed: str) -> Iterator[tuple[str, RunConfig]]:
     """(row name, its config on `testbed`) for every preset and baseline the benchmark runs, and
     prm-cooperative."""
-    common = _common(testbed)
+    common = with_changes(COMMON, TESTBEDS[testbed])
     for name in [*PRESETS, "prm-cooperative"]:
         preset, overrides = row_preset(name, common)
         yield name, load_config(preset, overrides={**overrides, "rounds": 1, "seed": 0})
@@ -38,7 +29,7 @@ def _configs(testbed: str) -> Iterator[tuple[str, RunConfig]]:
 
 @pytest.mark.parametrize("testbed", sorted(TESTBEDS))
 def test_every_preset_and_baseline_loads_on_every_testbed(testbed: str) -> None:
-    common = _common(testbed)
+    common = with_changes(COMMON, TESTBEDS[testbed])
     for name, cfg in _configs(testbed):
         assert cfg.tasks.family == common["tasks"]["family"], name
         assert cfg.tasks.heldout_levels == common["tasks"]["heldout_levels"], name
@@ -46,7 +37,7 @@ def test_every_preset_and_baseline_loads_on_every_testbed(testbed: str) -> None:
 
 
 def test_the_seed_replay_baseline_is_rft_with_one_task_a_round() -> None:
-    common = _common("addition")
+    common = with_changes(COMMON, TESTBEDS["addition"])
     rft = load_config("rft", overrides={**common, "rounds": 1, "seed": 0})
     preset, overrides = row_preset("seed-replay", common)
     replay = load_config(preset, overrides={**overrides, "rounds": 1, "seed": 0})
@@ -61,7 +52,7 @@ def test_sum_above_solutions_fit_the_context_and_limits() -> None:
         family = get_family(cfg.tasks.family, **cfg.tasks.options)  # each preset's answer format
         levels = set(cfg.tasks.seed_levels) | set(cfg.tasks.heldout_levels)
         for level in levels:
-            for bound_offset in (-3, 2):  # the longest totals, either answer
+            for bound_offset in (-BELOW, ABOVE):  # the longest bounds, either answer
                 terms = [9] * level
                 task = family.from_terms(terms, sum(terms) + bound_offset)
                 completion = family.completion(task)

@@ -60,10 +60,14 @@ class ChainSumFamily(CompactFamily):
 
     def from_terms(self, terms: list[int]) -> Task:
         """The task summing `terms` (a negative term after the first is written `-t`)."""
-        if not isinstance(terms, list) or len(terms) < 2 or not all(map(is_int, terms)):
-            raise ValueError(f"chain_sum: terms must be a list of >= 2 ints, got {terms!r}")
-        prompt = str(terms[0]) + "".join(signed(t) for t in terms[1:]) + "="
+        prompt = self.expression(terms) + "="
         return self.task(prompt, str(sum(terms)), len(terms), {"terms": list(terms)})
+
+    def expression(self, terms: list[int]) -> str:
+        """`terms` written as a sum (`9-4+2`), or a ValueError naming the family."""
+        if not isinstance(terms, list) or len(terms) < 2 or not all(map(is_int, terms)):
+            raise ValueError(f"{self.name}: terms must be a list of >= 2 ints, got {terms!r}")
+        return str(terms[0]) + "".join(signed(t) for t in terms[1:])
 
     def solve(self, task: Task) -> tuple[list[str], str]:
         """One `total+term=new total` step per term after the first."""

@@ -40,11 +40,10 @@ class SumAboveFamily(ChainSumFamily):
 
     def from_terms(self, terms: list[int], bound: int | None = None) -> Task:
         """The question whether `terms` sum to more than `bound`."""
-        if not isinstance(terms, list) or len(terms) < 2 or not all(map(is_int, terms)):
-            raise ValueError(f"sum_above: terms must be a list of >= 2 ints, got {terms!r}")
+        expression = self.expression(terms)
         if not is_int(bound):
             raise ValueError(f"sum_above: the bound must be an int, got {bound!r}")
-        prompt = str(terms[0]) + "".join(signed(t) for t in terms[1:]) + f">{bound}?"
+        prompt = expression + f">{bound}?"
         answer = "y" if sum(terms) > bound else "n"
         return self.task(prompt, answer, len(terms), {"terms": list(terms), "bound": bound})
 
