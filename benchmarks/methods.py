@@ -4,7 +4,7 @@ time budget, several seeds.
     python benchmarks/methods.py [--presets star rft rest-em iterative-dpo step-dpo grpo-zero rloo ppo
                                             seed-replay]
                                  [--seeds 0 1 2] [--budget 150] [--max-rounds 30] [--jobs 2]
-                                 [--testbed addition] [--out runs/methods]
+                                 [--testbed addition|sum_above|sum_above_few] [--out runs/methods]
 
 Every preset runs on the same testbed (`COMMON` below), so round 0, the supervised seed, is the
 same model for all of them within a seed (star's seed also holds its hinted copies and step-dpo
@@ -96,6 +96,17 @@ TESTBEDS: dict[str, list[str]] = {
         "reasoner.max_new_tokens=56",
         "postprocess.max_chars=56",
     ],
+    "sum_above_few": [
+        "tasks.family=sum_above",
+        "tasks.seed_levels=[2,3,4,5,6]",
+        "tasks.seed_examples=500",
+        "tasks.heldout_levels=[5,6]",
+        "creator.start_level=5",
+        "model.max_seq_len=80",
+        "seed_train.steps=1000",
+        "reasoner.max_new_tokens=56",
+        "postprocess.max_chars=56",
+    ],
 }
 """Changes to `COMMON` (`--set` syntax) for each `--testbed`. `addition`: the testbed above.
 `sum_above`: yes/no questions on chained sums of 5-6 one-digit terms
@@ -103,7 +114,12 @@ TESTBEDS: dict[str, list[str]] = {
 answer, so the gold verifier keeps lucky guesses. 750 seed steps leave held-out pass@1 near 60%
 and 62% of round 1's right answers (seed 0) with a wrong step; seeds are sharp here (500 steps:
 45%, 850: 89%, 1000: 99%). Every preset writes the steps there (a bare `y` or `n` is a coin
-toss), so its token and character limits are raised to the longest solution's."""
+toss), so its token and character limits are raised to the longest solution's.
+`sum_above_few`: the same questions with few worked solutions, the STaR setting (many questions
+with answers, few written solutions): the seed trains 1000 steps on 500 examples, about 128
+passes, so held-out pass@1 starts at 70-88% and training on the same 500 examples again adds
+little (`seed-replay`: +2 to +3 points in 150 s); what a method gains here comes from its own
+traces."""
 
 
 def with_changes(base: dict, changes: Sequence[str]) -> dict:

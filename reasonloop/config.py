@@ -715,6 +715,11 @@ class ProcessRewardModelConfig(Section):
     with one digit of one of their leading good steps changed, that step and the rest labelled
     bad (`evaluator/step_corruption.py`): Monte-Carlo labels call a slip good whenever a
     rollout recovers from it. 0: MC labels only."""
+    agreement: bool = False
+    """Cap each step's Monte-Carlo label by its support, the share of the task's other samples
+    this round that write the same step (`evaluator/step_agreement.py`): rollouts call a wrong
+    step good once it has fixed a lucky answer (yes/no questions), and other samples rarely
+    repeat a slip. Free: no rollouts."""
     carry: bool = True
     """Continue from the previous round's PRM when its checkpoint has one; else start from a
     fresh copy of the policy that sampled the round."""

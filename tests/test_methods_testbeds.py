@@ -1,5 +1,5 @@
 """benchmarks/methods.py's testbeds: each one's changes give a valid config under every preset
-the benchmark runs, and the sum_above testbed's longest gold solutions fit the model's context
+the benchmark runs, and the sum_above testbeds' longest gold solutions fit the model's context
 and the token and character limits (a solution cut short would never verify)."""
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def test_the_seed_replay_baseline_is_rft_with_one_task_a_round() -> None:
     assert common["creator"]["per_round"] == 600  # the baseline's change did not leak
 
 
-def test_sum_above_solutions_fit_the_context_and_limits() -> None:
-    for preset, cfg in _configs("sum_above"):
+@pytest.mark.parametrize("testbed", [t for t in sorted(TESTBEDS) if t.startswith("sum_above")])
+def test_sum_above_solutions_fit_the_context_and_limits(testbed: str) -> None:
+    for preset, cfg in _configs(testbed):
         family = get_family(cfg.tasks.family, **cfg.tasks.options)  # each preset's answer format
         levels = set(cfg.tasks.seed_levels) | set(cfg.tasks.heldout_levels)
         for level in levels:

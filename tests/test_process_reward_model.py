@@ -40,6 +40,7 @@ from reasonloop.evaluator.process_reward_model import (
     train_prm,
 )
 from reasonloop.evaluator.reward_model import ORM_FILE, OutcomeRewardModel
+from reasonloop.evaluator.step_agreement import agreement_labels
 from reasonloop.loop.process_reward import LABELS_FILE
 from reasonloop.loop.rl_inputs import policy_gradient_inputs
 from reasonloop.loop.run import run
@@ -463,12 +464,14 @@ LOOP = {
 SEED_STEPS, PRM_STEPS, TRAIN_STEPS, THRESHOLD = 200, 6, 4, 0.5
 
 
-def _cli(out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    """`reasonloop run` in a real subprocess (so a fault's SIGKILL kills only that run)."""
+def _cli(out: Path, fault: str | None = None, **changes: str) -> subprocess.CompletedProcess:
+    """`reasonloop run` in a real subprocess (so a fault's SIGKILL kills only that run); `changes`
+    are more `--set`s, `__` for dots."""
     env = {k: v for k, v in os.environ.items() if k != "REASONLOOP_FAULT"}
     if fault:
         env["REASONLOOP_FAULT"] = fault
-    sets = [a for k, v in LOOP.items() for a in ("--set", f"{k}={v}")]
+    more = {k.replace("__", "."): v for k, v in changes.items()}
+    sets = [a for k, v in (LOOP | more).items() for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "reasonloop.cli", "run", "--preset", "prm-cooperative"]
     return subprocess.run(
         [*cmd, "--out", str(out), "--quiet", "--rounds", "2", "--seed", "0", *sets],
@@ -557,6 +560,35 @@ def test_prm_loop_checkpoints_and_step_records(prm_run: Path) -> None:
         assert all(
             d.trace_id in kept_before for d in decisions.values() if d.reason.startswith("prm")
         )
+
+
+def test_prm_loop_with_step_agreement_caps_the_mc_labels(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = _cli(out, evaluator__process_reward_model__agreement="true")
+    assert p.returncode == 0, p.stderr
+    rounds = json.loads((out / "summary.json").read_text())["rounds"]
+    lowered = 0
+    for r in (1, 2):
+        traces = {t.id: t for t in _round_records(out, r, "traces.parquet", Trace)}
+        outcome = {j.trace_id for j in _round_records(out, r, "judgements.parquet", Judgement)}
+        steps = _round_records(out, r, LABELS_FILE, Judgement)
+        mc = [j for j in steps if j.evaluator == f"math-shepherd:r{r}"]
+        agreed = {j.trace_id: j.scores for j in steps if j.evaluator == f"agreement:r{r}"}
+        # every labelled trace's support among all the round's judged samples of its task
+        support = agreement_labels([t for t in traces.values() if t.id in outcome])
+        assert mc and list(agreed) == [j.trace_id for j in mc]
+        assert all(agreed[t] == support[t] for t in agreed)
+        assert all(x in (0.0, 0.5, 1.0) for s in agreed.values() for x in s)  # of 2 others
+        # the PRM trained on the smaller label per step: the round counts the traces it lowered
+        below = [
+            j
+            for j in mc
+            if any(s < x for s, x in zip(agreed[j.trace_id], j.scores[:-1], strict=True))
+        ]
+        train = rounds[r]["calibration"]["prm"]["train"]
+        assert train["lowered_by_agreement"] == len(below)
+        lowered += len(below)
+    assert lowered > 0
 
 
 def _strip_seconds(x):

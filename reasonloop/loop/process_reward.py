@@ -29,6 +29,7 @@ from reasonloop.evaluator.process_reward_model import (
     calibration_report,
     train_prm,
 )
+from reasonloop.evaluator.step_agreement import agreement_labels, combine
 from reasonloop.evaluator.step_corruption import with_corruptions
 from reasonloop.loop import faults
 from reasonloop.models.base import LanguageModel, Sampling
@@ -66,6 +67,8 @@ def label_train_filter(
         for t in traces
         if t.id in verdicts and not t.decoding.get("hint") and tasks[t.task_id].answer is not None
     ]
+    # Support counts every sample of the task, solved or not: a slip is rare among all of them.
+    support = agreement_labels(sampled) if pc.agreement else {}
     if pc.solved_only:
         sampled = solved_only(sampled, verdicts)
     rng = random.Random(seed)
@@ -93,11 +96,20 @@ def label_train_filter(
     )
     if carried and not pc.train_backbone:  # the head carries on over this round's policy
         prm.backbone.module.load_state_dict(model.module.state_dict())
+    labels = [x.soft if pc.label == "soft" else x.hard for _, x in labelled]
+    lowered = 0
+    if support:
+        capped = [
+            combine(m, support[t.id]) if t.id in support else m
+            for (t, _), m in zip(labelled, labels, strict=True)
+        ]
+        lowered = sum(c != m for c, m in zip(capped, labels, strict=True))
+        labels = capped
     # Corrupted copies are not records: they follow from the labels and the phase's seed.
     prompts, texts, labels, corrupted = with_corruptions(
         [tasks[t.task_id].prompt for t, _ in labelled],
         [t.text for t, _ in labelled],
-        [x.soft if pc.label == "soft" else x.hard for _, x in labelled],
+        labels,
         pc.corruptions,
         random.Random(seed + 2),
     )
@@ -137,13 +149,21 @@ def label_train_filter(
         Decision(d.trace_id, False, why[d.trace_id], round=d.round) if d.trace_id in why else d
         for d in decisions
     ]
-    records = [
-        Judgement(t.id, f"math-shepherd:r{r}", "step", x.soft, verdicts[t.id], round=r)
-        for t, x in labelled
-    ] + [
-        Judgement(t.id, f"prm:r{r}", "step", s, score[t.id] >= pc.threshold, round=r)
-        for t, s in zip(kept, step, strict=True)
-    ]
+    records = (
+        [
+            Judgement(t.id, f"math-shepherd:r{r}", "step", x.soft, verdicts[t.id], round=r)
+            for t, x in labelled
+        ]
+        + [
+            Judgement(t.id, f"agreement:r{r}", "step", support[t.id], verdicts[t.id], round=r)
+            for t, _ in labelled
+            if t.id in support
+        ]
+        + [
+            Judgement(t.id, f"prm:r{r}", "step", s, score[t.id] >= pc.threshold, round=r)
+            for t, s in zip(kept, step, strict=True)
+        ]
+    )
     train_keys = (
         "n",
         "places",
@@ -163,7 +183,7 @@ def label_train_filter(
         {
             "labelling": labelling.cost(),
             "train": {k: info[k] for k in train_keys}
-            | {"carried": carried, "corrupted": corrupted},
+            | {"carried": carried, "corrupted": corrupted, "lowered_by_agreement": lowered},
             "scored": len(kept),
             "dropped": dict(dropped),
         },
