@@ -3,7 +3,8 @@
 
 - process phase (`label_train_filter`): a seeded subset of the round's sampled traces (of tasks one
   of them solved, with `solved_only`) gets Monte-Carlo step labels from rollouts of the round's
-  starting model (`math_shepherd.py`); the PRM (carried from the previous checkpoint, or a fresh
+  starting model (`math_shepherd.py`), capped by step agreement among the task's samples with
+  `agreement` (`step_agreement.py`); the PRM (carried from the previous checkpoint, or a fresh
   copy of the policy) trains on them and is written to the round directory; then it scores the
   traces the outcome evaluator kept, drops those whose aggregated score is below the threshold, and
   keeps the best `top_k` per task. Every draw comes from the phase's seed, so a redone phase writes
@@ -38,8 +39,9 @@ from reasonloop.tasks.base import Family
 from reasonloop.types import Decision, Judgement, Task, Trace
 
 LABELS_FILE = "prm_labels.parquet"
-"""Step-level Judgements of the round: the Monte-Carlo labels (`math-shepherd:r{N}`) and the
-PRM's scores (`prm:r{N}`). A file of its own: judgements.parquet holds the solve phase's outcome
+"""Step-level Judgements of the round: the Monte-Carlo labels (`math-shepherd:r{N}`), the
+labelled traces' step supports with `agreement` (`agreement:r{N}`) and the PRM's scores
+(`prm:r{N}`). A file of its own: judgements.parquet holds the solve phase's outcome
 verdicts, which other phases read by trace id whatever their level."""
 
 
