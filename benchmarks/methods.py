@@ -84,29 +84,22 @@ held-out set is 200 tasks of each of those levels, so each method can improve wh
 weak, from its own samples and the gold verifier. Each preset keeps its own learning rate, steps,
 answer format and token budget."""
 
+SUM_ABOVE = [
+    "tasks.family=sum_above",
+    "tasks.seed_levels=[2,3,4,5,6]",
+    "tasks.heldout_levels=[5,6]",
+    "creator.start_level=5",
+    "model.max_seq_len=80",
+    "seed_train.steps=750",
+    "reasoner.max_new_tokens=56",
+    "postprocess.max_chars=56",
+]
+
 TESTBEDS: dict[str, list[str]] = {
     "addition": [],
-    "sum_above": [
-        "tasks.family=sum_above",
-        "tasks.seed_levels=[2,3,4,5,6]",
-        "tasks.heldout_levels=[5,6]",
-        "creator.start_level=5",
-        "model.max_seq_len=80",
-        "seed_train.steps=750",
-        "reasoner.max_new_tokens=56",
-        "postprocess.max_chars=56",
-    ],
-    "sum_above_few": [
-        "tasks.family=sum_above",
-        "tasks.seed_levels=[2,3,4,5,6]",
-        "tasks.seed_examples=500",
-        "tasks.heldout_levels=[5,6]",
-        "creator.start_level=5",
-        "model.max_seq_len=80",
-        "seed_train.steps=1000",
-        "reasoner.max_new_tokens=56",
-        "postprocess.max_chars=56",
-    ],
+    "sum_above": SUM_ABOVE,
+    # Later changes win: the same testbed with a smaller, longer-trained seed.
+    "sum_above_few": [*SUM_ABOVE, "tasks.seed_examples=500", "seed_train.steps=1000"],
 }
 """Changes to `COMMON` (`--set` syntax) for each `--testbed`. `addition`: the testbed above.
 `sum_above`: yes/no questions on chained sums of 5-6 one-digit terms

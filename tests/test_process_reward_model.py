@@ -464,14 +464,15 @@ LOOP = {
 SEED_STEPS, PRM_STEPS, TRAIN_STEPS, THRESHOLD = 200, 6, 4, 0.5
 
 
-def _cli(out: Path, fault: str | None = None, **changes: str) -> subprocess.CompletedProcess:
-    """`reasonloop run` in a real subprocess (so a fault's SIGKILL kills only that run); `changes`
-    are more `--set`s, `__` for dots."""
+def _cli(
+    out: Path, fault: str | None = None, changes: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`reasonloop run` in a real subprocess (so a fault's SIGKILL kills only that run), with
+    `changes` set on top of LOOP."""
     env = {k: v for k, v in os.environ.items() if k != "REASONLOOP_FAULT"}
     if fault:
         env["REASONLOOP_FAULT"] = fault
-    more = {k.replace("__", "."): v for k, v in changes.items()}
-    sets = [a for k, v in (LOOP | more).items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in (LOOP | (changes or {})).items() for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "reasonloop.cli", "run", "--preset", "prm-cooperative"]
     return subprocess.run(
         [*cmd, "--out", str(out), "--quiet", "--rounds", "2", "--seed", "0", *sets],
@@ -564,7 +565,7 @@ def test_prm_loop_checkpoints_and_step_records(prm_run: Path) -> None:
 
 def test_prm_loop_with_step_agreement_caps_the_mc_labels(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    p = _cli(out, evaluator__process_reward_model__agreement="true")
+    p = _cli(out, changes={f"{PRM}.agreement": "true"})
     assert p.returncode == 0, p.stderr
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
     lowered = 0
