@@ -45,10 +45,8 @@ def value_and_grad(fn, x: torch.Tensor, weight: torch.Tensor):
     return out.detach(), x.grad
 
 
-@needs_kernels
-@pytest.mark.parametrize("hd", [16, 32, 64])
-@pytest.mark.parametrize("rotary", [True, False])
-def test_attention_forward_and_backward_match_torch(hd, rotary):
+def check_attention(kern: train_kernels.TrainKernels, hd: int, rotary: bool) -> None:
+    """The kernel's attention and its gradient against torch's at several lengths."""
     g = torch.Generator().manual_seed(hd + rotary)
     H = 3
     # T: one position, under one block of 16, a block and one over, the benchmark's length,
@@ -60,10 +58,34 @@ def test_attention_forward_and_backward_match_torch(hd, rotary):
         cos, sin = rope or (None, None)
         want, want_grad = value_and_grad(lambda x, rope=rope: torch_attention(x, rope), qkv, weight)
         got, got_grad = value_and_grad(
-            lambda x, cos=cos, sin=sin: KERNELS.attention(x, cos, sin), qkv, weight
+            lambda x, cos=cos, sin=sin: kern.attention(x, cos, sin), qkv, weight
         )
         torch.testing.assert_close(got, want, **TOL)
         torch.testing.assert_close(got_grad, want_grad, **TOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("hd", [16, 32, 64])
+@pytest.mark.parametrize("rotary", [True, False])
+def test_attention_forward_and_backward_match_torch(hd, rotary):
+    check_attention(KERNELS, hd, rotary)
+
+
+@needs_kernels
+def test_older_gcc_shuffles_match_torch(tmp_path, monkeypatch):
+    """GCC before 12 has no __builtin_shufflevector, and the attention's register transposes
+    then use __builtin_shuffle. Built without the first, the kernels match torch too."""
+    line = "#define HAVE_SHUFFLEVECTOR 1\n"
+    text = train_kernels.SOURCE.read_text()
+    assert line in text
+    (tmp_path / train_kernels.SOURCE.name).write_text(text.replace(line, ""))
+    for header in train_kernels.SOURCE.parent.glob("*.h"):
+        (tmp_path / header.name).write_bytes(header.read_bytes())
+    monkeypatch.setenv("REASONLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    built = decode_kernels.build(source=tmp_path / train_kernels.SOURCE.name)
+    assert built != decode_kernels.build(source=train_kernels.SOURCE)  # not the cached default
+    for hd, rotary in ((16, True), (64, False)):
+        check_attention(train_kernels.TrainKernels(built), hd, rotary)
 
 
 @needs_kernels

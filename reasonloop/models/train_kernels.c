@@ -31,8 +31,15 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 #define LD(p) (*(const v16 *)(p))
 #define ST(p, x) (*(v16 *)(p) = (x))
 
-/* Two-source lane shuffles: lanes 0-7 (LO) or 8-15 (HI) of a and b, interleaved. */
-#ifdef __clang__
+/* Two-source lane shuffles: lanes 0-7 (LO) or 8-15 (HI) of a and b, interleaved.
+ * __builtin_shufflevector is clang's and GCC's from 12 on, so the compilers in use build the same
+ * lines (the ones tests/test_train_kernels.py runs); older GCC has only __builtin_shuffle. */
+#ifdef __has_builtin
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+#ifdef HAVE_SHUFFLEVECTOR
 #define SHUF_LO(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
 #define SHUF_HI(a, b) \
     __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
