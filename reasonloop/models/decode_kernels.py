@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -209,13 +210,23 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info()
 
 
+K = TypeVar("K")
+
+
+def load_or_none(switch: str, make: Callable[[], K], name: str, use: str) -> K | None:
+    """`make()` (build and load the `name` kernels), or None with `switch=0` in the
+    environment, where `supported()` is false, or where `make` raises: a warning says that
+    `use` ("decoding", "training") goes on with torch ops."""
+    if os.environ.get(switch, "1") == "0" or not supported():
+        return None
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - any failure means: the torch ops
+        log.warning("%s kernels unavailable, %s with torch ops: %s", name, use, e)
+        return None
+
+
 @functools.cache
 def kernels() -> Kernels | None:
     """The kernels, built and loaded once per process; None where they cannot be (see above)."""
-    if os.environ.get("REASONLOOP_DECODE_KERNELS", "1") == "0" or not supported():
-        return None
-    try:
-        return Kernels(build())
-    except Exception as e:  # noqa: BLE001 - any failure means: decode with torch ops
-        log.warning("decode kernels unavailable, decoding with torch ops: %s", e)
-        return None
+    return load_or_none("REASONLOOP_DECODE_KERNELS", lambda: Kernels(build()), "decode", "decoding")

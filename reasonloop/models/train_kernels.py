@@ -20,16 +20,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from reasonloop.models import decode_kernels
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("train_kernels.c")
 MAX_HEAD_DIM = 256
@@ -209,10 +205,9 @@ def kernels() -> TrainKernels | None:
 @functools.cache
 def load() -> TrainKernels | None:
     """Build and load the kernels once per process; None where they cannot be."""
-    if os.environ.get("REASONLOOP_TRAIN_KERNELS", "1") == "0" or not decode_kernels.supported():
-        return None
-    try:
-        return TrainKernels(decode_kernels.build(source=SOURCE))
-    except Exception as e:  # noqa: BLE001 - any failure means: train with torch ops
-        log.warning("train kernels unavailable, training with torch ops: %s", e)
-        return None
+    return decode_kernels.load_or_none(
+        "REASONLOOP_TRAIN_KERNELS",
+        lambda: TrainKernels(decode_kernels.build(source=SOURCE)),
+        "train",
+        "training",
+    )
